@@ -235,12 +235,12 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
         name = name.replace("-", "_")
         _check_name(name, "the command line")
         if not eq:
-            if i + 1 >= len(tokens) or (tokens[i + 1].startswith("--") and _field_types()[name] is not bool):
-                raise ConfigError(f"config field '{name}' needs a value (--{name} VALUE)")
             if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
                 value, i = tokens[i + 1], i + 1
-            else:  # a bare boolean flag: --group_by_length
+            elif _field_types()[name] is bool:  # a bare boolean flag: --group_by_length
                 value = "true"
+            else:
+                raise ConfigError(f"config field '{name}' needs a value (--{name} VALUE)")
         overrides[name] = value
         i += 1
     return overrides

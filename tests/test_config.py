@@ -1,0 +1,68 @@
+"""configs/base_config: presets, files, overrides and their one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from configs.base_config import PRESETS, ConfigError, build_config, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_presets_and_precedence(tmp_path):
+    default = build_config()
+    assert (default.lora_r_slow, default.lora_dropout, default.lr_slow, default.lr_fast) == (8, 0.05, 1e-5, 5e-5)
+    paper = build_config("paper")
+    assert paper.frozen_layers == 16 and paper.model_name == "meta-llama/Llama-2-7b-hf"
+    smoke = build_config("smoke")
+    assert smoke.tiny_random_model and smoke.max_steps == PRESETS["smoke"]["max_steps"]
+    file = tmp_path / "c.yaml"
+    file.write_text("lr_fast: 2.0e-4\nbatch_size: 8\ntasks: [T2_math, T3_code]\n")
+    config = build_config("smoke", str(file), parse_overrides(["--batch_size", "3", "--group_by_length"]))
+    assert config.lr_fast == 2e-4 and config.tasks == ["T2_math", "T3_code"]
+    assert config.batch_size == 3 and config.group_by_length is True  # the command line wins over the file
+    assert config.tiny_random_model  # the preset is kept under the file
+
+
+def test_list_and_bool_overrides():
+    config = build_config(overrides=parse_overrides(["--tasks=T1_general,T5_safety", "--use_slsd", "false"]))
+    assert config.tasks == ["T1_general", "T5_safety"] and config.use_slsd is False
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr_slw": "1"}, "unknown config field 'lr_slw' in the command line (did you mean 'lr_slow'?)"),
+    ({"lr_slow": "fast"}, "config field 'lr_slow' expects float, got 'fast'"),
+    ({"batch_size": "2.5"}, "config field 'batch_size' expects int, got '2.5'"),
+    ({"use_slsd": "maybe"}, "config field 'use_slsd' expects bool, got 'maybe'"),
+    ({"lora_dropout": "1.5"}, "config field 'lora_dropout' must be in [0, 1), got 1.5"),
+    ({"fast_mode": "medium"}, "config field 'fast_mode' must be shared or per_task, got 'medium'"),
+])
+def test_bad_values_raise_one_line_errors_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides=overrides)
+    assert str(err.value) == message
+
+
+def test_bad_config_file_and_preset(tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"batch_size": "many"}))
+    with pytest.raises(ConfigError, match=f"config field 'batch_size' expects int, got 'many'"):
+        build_config(config_file=str(file))
+    file.write_text(json.dumps({"epochz": 1}))
+    with pytest.raises(ConfigError, match=f"unknown config field 'epochz' in {file}"):
+        build_config(config_file=str(file))
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        build_config("huge")
+    with pytest.raises(ConfigError, match="config file not found"):
+        build_config(config_file=str(tmp_path / "missing.yaml"))
+
+
+def test_script_prints_one_line_error_and_exits_2():
+    result = subprocess.run([sys.executable, "train_single_task.py", "--task", "x", "--lr_fast", "quick"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "train_single_task.py: error: config field 'lr_fast' expects float, got 'quick'"
