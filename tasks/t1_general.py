@@ -214,6 +214,9 @@ EVAL_TOPICS = ["glaciers", "tea", "maps", "octopuses"]  # validation and test to
 ASKS = ["Write a short text about {topic}.", "Explain {topic} to a curious student.", "Describe {topic}.",
         "Tell me the key facts about {topic}.", "Give a brief overview of {topic}."]
 END_PHRASES = ["Is there anything else I can help with?", "Thanks for reading.", "That is all."]
+# Modifiers that a format mode cannot satisfy together with its own shape.
+INCOMPATIBLE = {"json": ("no_commas", "title", "end_phrase", "uppercase", "sentence_count"),
+                "bullets": ("sentence_count",), "paragraphs": ("sentence_count",)}
 MODIFIERS = ["lowercase", "uppercase", "keywords", "forbidden", "no_commas", "end_phrase", "title", "word_range",
              "sentence_count"]
 
@@ -242,21 +245,21 @@ def _shape(rng: random.Random, topic: str, mode: str, picks: list[str], modifier
         cons.append({"type": "json"})
     else:
         body = " ".join(picks)
-        if "sentence_count" in modifiers:
-            cons.append({"type": "sentence_count", "n": len(picks)})
-    if "title" in modifiers and mode != "json":
+    if "title" in modifiers:
         body = f"<<{topic.title()}>>\n\n{body}"
         cons.append({"type": "title"})
-    if "end_phrase" in modifiers and mode != "json":
+    if "end_phrase" in modifiers:
         phrase = rng.choice(END_PHRASES)
         body = f"{body}\n\n{phrase}"
         cons.append({"type": "end_phrase", "phrase": phrase})
     if "lowercase" in modifiers:
         body = body.lower()
         cons.append({"type": "lowercase"})
-    elif "uppercase" in modifiers and mode != "json":
+    elif "uppercase" in modifiers:
         body = body.upper()
         cons.append({"type": "uppercase"})
+    if "sentence_count" in modifiers:  # counted on the final text, title and closing phrase included
+        cons.append({"type": "sentence_count", "n": len(constraints.sentences(body))})
     if "word_range" in modifiers:
         count = len(constraints.words(body))
         cons.append({"type": "word_range", "min": max(1, count - rng.randint(5, 15)), "max": count + rng.randint(5, 20)})
@@ -278,8 +281,8 @@ def generate(count: int, seed: int, split: str = "train") -> list[dict]:
         topic = rng.choice(topics)
         mode = rng.choice(["plain", "plain", "bullets", "paragraphs", "json"])
         picks = rng.sample(TOPICS[topic], rng.randint(3 if mode == "paragraphs" else 2, 5))
-        modifiers = rng.sample([m for m in MODIFIERS if not (m == "sentence_count" and mode != "plain")],
-                               rng.randint(0 if mode != "plain" else 1, 2))
+        allowed = [m for m in MODIFIERS if m not in INCOMPATIBLE.get(mode, ())]
+        modifiers = rng.sample(allowed, rng.randint(0 if mode != "plain" else 1, 2))
         cons, target = _shape(rng, topic, mode, picks, modifiers)
         cons = [c for c in cons if c.get("words", True)]  # an empty keyword list constrains nothing
         if not cons:
@@ -293,3 +296,9 @@ def generate(count: int, seed: int, split: str = "train") -> list[dict]:
         seen.add(instruction)
         records.append(dict(instruction=instruction, input="", output=target, constraints=cons, topic=topic))
     return records
+
+
+def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
+    held_out = generate(sizes["val"] + sizes["test"] + 20, seed, split="eval")
+    return {"train": generate(sizes["train"] + 20, seed, split="train"), "val": held_out[:sizes["val"]],
+            "test": held_out[sizes["val"]:]}

@@ -141,3 +141,9 @@ def generate(count: int, seed: int) -> list[dict]:
         records.append(dict(instruction=question, input="", output=format_solution(steps, answer),
                             answer=str(answer), family=family))
     return records
+
+
+def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
+    records = generate(sum(sizes.values()) + 50, seed)  # a few spare for de-duplication
+    train_end, val_end = sizes["train"], sizes["train"] + sizes["val"]
+    return {"train": records[:train_end], "val": records[train_end:val_end], "test": records[val_end:]}

@@ -162,9 +162,9 @@ def humaneval() -> list[dict]:
 
 
 def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
-    pool = generated(sizes["train"] + sizes["val"], seed)
+    pool = generated(int((sizes["train"] + sizes["val"]) * 1.1), seed)  # spare: near-duplicates are removed later
     test = humaneval()
     clash = {r["entry_point"] for r in pool} & {r["entry_point"] for r in test}
     if clash:
         raise ValueError(f"generated code tasks reuse HumanEval function names: {sorted(clash)}")
-    return {"train": pool[:sizes["train"]], "val": pool[sizes["train"]:], "test": test}
+    return {"val": pool[:sizes["val"] + 10], "train": pool[sizes["val"] + 10:], "test": test}
