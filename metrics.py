@@ -204,6 +204,11 @@ METRICS: dict[str, Callable[[dict, str], dict]] = {
 }
 
 
+# Generation budget per metric (new tokens), used unless the config's max_new_tokens overrides it.
+MAX_NEW_TOKENS = {"instruction_following": 200, "math_exact_match": 160, "code_pass_at_1": 320, "function_call": 128,
+                  "refusal": 64, "exact_match": 16, "rouge_l": 200}
+
+
 def score_sample(record: dict, output: str, default_metric: str = "exact_match") -> dict:
     name = record.get("metric", default_metric)
     if name not in METRICS:

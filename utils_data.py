@@ -169,7 +169,8 @@ class DataReport:
 class SFTDataset(Dataset):
     """Tokenised supervised samples; ``records[i]`` keeps the raw record of sample i for the task metrics."""
 
-    def __init__(self, records: list[dict], tokenizer, max_len: int, name: str, bad_lines: list[str] | None = None):
+    def __init__(self, records: list[dict], tokenizer, max_len: int, name: str, bad_lines: list[str] | None = None,
+                 allow_empty: bool = False):
         self.report = DataReport(name, bad_lines=list(bad_lines or []))
         self.records, self.features = [], []
         for record in tqdm(records, desc=f"tokenising {name}", leave=False, disable=len(records) < 500):
@@ -181,7 +182,7 @@ class SFTDataset(Dataset):
             self.records.append(record)
             self.features.append(feature)
         self.report.samples = len(self.features)
-        if not self.features:
+        if not self.features and not allow_empty:
             raise DataFormatError(f"{name}: no usable sample ({self.report.summary()})")
 
     @classmethod

@@ -59,7 +59,9 @@ class Config:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # the task sequence, in training order
     max_train_samples: int = 0  # cap on training samples per task (0 = all)
     max_eval_samples: int = 200  # cap on validation/test samples per task for eval loss (0 = all)
-    eval_batch_size: int = 8  # sequences per evaluation batch
+    eval_batch_size: int = 8  # sequences per evaluation batch (eval loss and generation)
+    max_new_tokens: int = 0  # generation budget per sample; 0 = each task metric's default (metrics.MAX_NEW_TOKENS)
+    eval_split: str = "test"  # split that evaluate.py and the sequential evaluation score
     skip_bad_lines: bool = False  # count and report malformed JSONL lines instead of stopping at the first one
 
     # ---- outputs -------------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
     "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=128,
-                  max_train_samples=16, max_eval_samples=8, eval_batch_size=4, lr_slow=1e-3, lr_fast=5e-3,
+                  max_train_samples=16, max_eval_samples=8, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, export_peft=True),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).

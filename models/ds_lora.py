@@ -183,6 +183,18 @@ class DSLoRA:
         return cls(model, config.lora_r_slow, config.lora_r_fast, config.lora_alpha, config.lora_dropout,
                    config.target_modules, config.frozen_layers)
 
+    @classmethod
+    def from_file(cls, model: nn.Module, path: str | Path) -> "DSLoRA":
+        """Install DS-LoRA with the settings stored in a ``save``d file, then load its weights."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["ds_lora"])
+        dslora = cls(model, meta["r_slow"], meta["r_fast"], meta["alpha"], meta["dropout"], meta["target_modules"],
+                     meta["frozen_layers"])
+        dslora.load(path)
+        return dslora
+
     # ---- parameters ----------------------------------------------------------------------------------------------
     def slow_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules.values() for p in m.slow.parameters()]

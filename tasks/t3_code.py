@@ -162,7 +162,7 @@ def humaneval() -> list[dict]:
 
 
 def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
-    pool = generated(int((sizes["train"] + sizes["val"]) * 1.1), seed)  # spare: near-duplicates are removed later
+    pool = generated(int((sizes["train"] + sizes["val"]) * 1.1) + 10, seed)  # spare: near-duplicates are removed later
     test = humaneval()
     clash = {r["entry_point"] for r in pool} & {r["entry_point"] for r in test}
     if clash:

@@ -1,0 +1,57 @@
+"""evaluate.py and batched generation on the smoke preset."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import evaluate
+import prepare_datasets
+from evaluation import generate, prompt_messages, summarise
+from utils_data import render
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    prepare_datasets.main(["--out", str(out), "--train", "20", "--val", "4", "--test", "4"])
+    return out
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
+    prompts = [render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
+               for text in ("Hi", "What is the capital of France and why?", "Count to three.", "A much longer prompt " * 5)]
+    batched = generate(tiny_model, tokenizer, prompts, 6, 4, torch.device("cpu"), None)
+    single = generate(tiny_model, tokenizer, prompts, 6, 1, torch.device("cpu"), None)
+    assert batched == single and any(batched)
+    assert tokenizer.padding_side == "right"  # restored after left-padded generation
+
+
+def test_prompt_is_the_conversation_before_the_last_answer():
+    record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                           {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    assert [m["content"] for m in prompt_messages(record)] == ["a", "b", "c"]
+
+
+def test_refusal_summary_splits_harmful_and_benign():
+    records = [{"harmful": True}, {"harmful": True}, {"harmful": False}, {"harmful": False}]
+    results = [{"score": 1.0, "refused": True}, {"score": 0.0, "refused": False},
+               {"score": 0.0, "refused": True}, {"score": 1.0, "refused": False}]
+    summary = summarise(records, results)
+    assert summary["refusal_rate"] == 0.5 and summary["over_refusal_rate"] == 0.5 and summary["score"] == 0.5
+
+
+def test_evaluate_every_task_end_to_end(small_data, tmp_path):
+    summaries = evaluate.main(["--preset", "smoke", "--data_dir", str(small_data), "--log_dir", str(tmp_path),
+                               "--run_name", "ev", "--max_samples", "3"])
+    assert set(summaries) == set(prepare_datasets.OFFLINE)
+    for task, summary in summaries.items():
+        assert summary["samples"] == 3 and 0.0 <= summary["score"] <= 1.0
+        # smoke's 128-token limit cuts long references (HumanEval, BFCL schemas): counted, and no loss without any
+        assert summary["eval_loss"] > 0 if summary["loss_samples"] else summary["eval_loss"] is None
+        rows = [json.loads(line) for line in (tmp_path / "ev" / f"eval_{task}_test.jsonl").read_text().splitlines()]
+        assert len(rows) == 3 and all("output" in r and "format_ok" in r for r in rows)
+    assert summaries["T2_math"]["loss_samples"] == 3 and summaries["T3_code"]["loss_samples"] == 0
+    saved = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert saved["tasks"]["T2_math"]["metric"] == "math_exact_match"
