@@ -7,7 +7,7 @@ MODEL := pretrained_models/SmolLM2-135M-Instruct/model.safetensors
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test bench clean
+.PHONY: setup data run test bench clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -21,17 +21,23 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 $(MODEL): $(STAMP)
 	$(PY) -c "from models.loading import ensure_embedded_cache; ensure_embedded_cache('pretrained_models')"
 
-data/T2_math/train.jsonl: $(STAMP) prepare_datasets.py
-	$(PY) prepare_datasets.py --tasks T2_math
+# T5 is written last by prepare_datasets.py, so its file stands for the whole data set.
+DATA := data/T5_safety/train.jsonl
 
-run: setup data/T2_math/train.jsonl
+$(DATA): $(STAMP)
+	$(PY) prepare_datasets.py
+
+data: $(DATA)
+
+run: setup $(DATA)
 	$(PY) train_single_task.py --task T2_math --run_name make_run --max_steps 30 --max_train_samples 200 --max_eval_samples 50
 
 test: setup
 	$(PY) -m pytest -q tests
 
-bench: setup
+bench: setup $(DATA)
 	$(PY) bench/bench_step.py
+	$(PY) bench/bench_generate.py
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)

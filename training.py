@@ -7,12 +7,14 @@ Shared by train_single_task.py and the sequential engine. One optimizer step:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -64,22 +66,55 @@ def batches_forever(loader: DataLoader):
         yield from loader
 
 
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states (dropout masks, sampling), for an exact mid-stage resume."""
+    import random
+
+    import numpy as np
+
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
 def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, log_path: Path,
-                device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train",
-                step_offset: int = 0) -> StageStats:
+                device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train", step_offset: int = 0,
+                aux_loss: Callable[[int], torch.Tensor | None] | None = None, resume: dict | None = None,
+                on_step: Callable[[int, dict], None] | None = None) -> StageStats:
     """Train for ``total_steps`` optimizer steps; one JSON row per ``log_every`` steps goes to ``log_path``.
 
-    Non-finite losses are skipped and counted; ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
+    ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own forward
+    pass and decides which parameters its gradient reaches. ``on_step(step, state)`` is called after every step with
+    a ``state()``-able snapshot for checkpoints; ``resume`` (such a snapshot) continues exactly where it was taken:
+    optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted;
+    ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
     """
     optimizer = make_optimizer(dslora, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    stats, in_row, started = StageStats(), 0, time.perf_counter()
+    stats, in_row, first_step = StageStats(), 0, 1
     batches = batches_forever(loader)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        stats = StageStats(**resume["stats"])
+        first_step = resume["step"] + 1
+        for _ in range(resume["step"] * config.grad_accum_steps):  # the same seeded order, consumed batches skipped
+            next(batches)
+        set_rng_state(resume["rng"])
+    started = time.perf_counter() - stats.wall_s
     model.train()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as log, tqdm(total=total_steps, desc=desc, dynamic_ncols=True) as bar:
-        for step in range(1, total_steps + 1):
+    with log_path.open("a") as log, tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True) as bar:
+        for step in range(first_step, total_steps + 1):
             step_losses = []
             for _ in range(config.grad_accum_steps):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
@@ -97,6 +132,9 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 (loss / config.grad_accum_steps).backward()
                 step_losses.append(loss.item())
                 stats.tokens += int(batch["attention_mask"].sum())
+            extra = aux_loss(step) if aux_loss is not None else None
+            if extra is not None:
+                extra.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
             rates = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}  # the rates this step used
             optimizer.step()
@@ -104,16 +142,20 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
             optimizer.zero_grad(set_to_none=True)
             stats.optimizer_steps = step
             stats.last_loss = sum(step_losses) / len(step_losses) if step_losses else float("nan")
-            elapsed = time.perf_counter() - started
+            stats.wall_s = time.perf_counter() - started
             if step % config.log_every == 0 or step == total_steps:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
                            grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite)
+                if extra is not None:
+                    row["aux_loss"] = float(extra.detach())
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+            if on_step is not None:
+                on_step(step, dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                   stats=dataclasses.asdict(stats), rng=rng_state()))
             bar.set_postfix(loss=f"{stats.last_loss:.4f}", lr_slow=f"{rates['lr_slow']:.1e}",
-                            lr_fast=f"{rates['lr_fast']:.1e}", tok_s=f"{stats.tokens / elapsed:.0f}")
+                            lr_fast=f"{rates['lr_fast']:.1e}", tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)
-    stats.wall_s = time.perf_counter() - started
     return stats
 
 

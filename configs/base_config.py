@@ -79,8 +79,10 @@ class Config:
     teacher_topk: int = 64  # teacher log-probabilities stored per response token (fp16), plus the tail mass
     kd_lambda: float = 0.5  # weight of the KD loss
     kd_temperature: float = 2.0  # softmax temperature of teacher and student in the KD loss
-    kd_every: int = 1  # take a KD step every N optimizer steps
+    kd_every: int = 4  # add the KD loss every N optimizer steps
+    kd_batch_size: int = 2  # probe samples per KD step
     fast_mode: str = "shared"  # shared (one fast branch across tasks) | per_task (a fresh fast branch per task)
+    save_every: int = 10  # mid-stage checkpoint (adapters, optimizer, schedule, RNG, data position) every N steps
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value is out of range."""
@@ -104,6 +106,8 @@ class Config:
             ("entropy_quantile", 0 < self.entropy_quantile <= 1, "must be in (0, 1]"),
             ("kd_temperature", self.kd_temperature > 0, "must be > 0"),
             ("kd_every", self.kd_every >= 1, "must be >= 1"),
+            ("kd_batch_size", self.kd_batch_size >= 1, "must be >= 1"),
+            ("save_every", self.save_every >= 0, "must be >= 0"),
             ("fast_mode", self.fast_mode in ("shared", "per_task"), "must be shared or per_task"),
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
         ]
@@ -117,8 +121,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded SmolLM2-135M-Instruct on a laptop CPU: the dataclass defaults.
     "default": {},
     # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
-    "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=128,
-                  max_train_samples=16, max_eval_samples=8, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
+    "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=512,
+                  max_train_samples=16, max_eval_samples=4, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, export_peft=True),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).

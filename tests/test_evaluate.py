@@ -44,7 +44,7 @@ def test_refusal_summary_splits_harmful_and_benign():
 
 def test_evaluate_every_task_end_to_end(small_data, tmp_path):
     summaries = evaluate.main(["--preset", "smoke", "--data_dir", str(small_data), "--log_dir", str(tmp_path),
-                               "--run_name", "ev", "--max_samples", "3"])
+                               "--run_name", "ev", "--max_samples", "3", "--max_seq_len", "128"])
     assert set(summaries) == set(prepare_datasets.OFFLINE)
     for task, summary in summaries.items():
         assert summary["samples"] == 3 and 0.0 <= summary["score"] <= 1.0

@@ -1,0 +1,160 @@
+"""Figures of training and sequential runs (PNG, matplotlib Agg), written into each run's log folder.
+
+    python plot_loss.py logs/<run> [logs/<run2> ...]   # figures per run; with several runs also a comparison
+    python plot_loss.py single T1_general              # the latest train_single_task.py run of that task
+    python plot_loss.py seq                            # the latest sequential run
+
+Per run: train_loss.png (raw and smoothed loss, stage boundaries), and for sequential runs eval_by_task.png (task
+score, format compliance and eval loss of every task across stages) and score_matrix.png (heatmap of R).
+Several sequential runs: comparison.png (AP, BWT and final per-task scores side by side) in every run folder.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, bias-corrected (as TensorBoard's smoothing)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight ** i))
+    return out
+
+
+def plot_train_loss(run: Path) -> Path | None:
+    rows = {r["step"]: r for r in read_jsonl(run / "train_loss.jsonl")}  # a resumed stage rewrites steps: keep last
+    if not rows:
+        return None
+    steps = sorted(rows)
+    losses = [rows[s]["loss"] for s in steps]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth(losses), label="smoothed")
+    if any("aux_loss" in rows[s] for s in steps):
+        kd = [s for s in steps if "aux_loss" in rows[s]]
+        ax.plot(kd, [rows[s]["aux_loss"] for s in kd], ".", markersize=3, label="SLSD KD loss")
+    boundary = 0
+    for stage in read_jsonl(run / "stages.jsonl"):
+        ax.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.text(boundary + 1, ax.get_ylim()[1], stage["task"], fontsize=7, va="top", rotation=90)
+        boundary += stage["optimizer_steps"]
+    ax.set(xlabel="optimizer step", ylabel="training loss", title=f"{run.name}: training loss")
+    ax.legend()
+    return _save(fig, run / "train_loss.png")
+
+
+def plot_eval(run: Path) -> list[Path]:
+    summary_path = run / "summary.json"
+    rows = read_jsonl(run / "eval.jsonl")
+    if not rows or not summary_path.is_file():
+        return []
+    summary = json.loads(summary_path.read_text())
+    tasks, stages = summary["tasks"], ["base"] + summary["tasks"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for task in tasks:
+        by_stage = {r["stage"]: r for r in rows if r["task"] == task}
+        xs = [s for s in range(-1, len(tasks)) if s in by_stage]
+        for ax, key in zip(axes, ("score", "format_rate", "eval_loss")):
+            ax.plot([x + 1 for x in xs], [by_stage[x].get(key) for x in xs], marker="o", label=task)
+    for ax, title in zip(axes, ("task score", "format compliance", "eval loss (references)")):
+        ax.set_xticks(range(len(stages)), ["base"] + [f"after {t}" for t in tasks], rotation=30, fontsize=7)
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{run.name}: every task after every stage (falling score and format at steady loss = illusory forgetting)",
+                 fontsize=9)
+    written = [_save(fig, run / "eval_by_task.png")]
+    fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 3, 0.6 * len(stages) + 2))
+    matrix = [summary["base_scores"]] + summary["R"]
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, max(max(r) for r in matrix)))
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 * image.get_clim()[1] else "black")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30)
+    ax.set_yticks(range(len(stages)), ["base"] + [f"after {t}" for t in tasks])
+    ax.set_title(f"R[stage][task]  AP {summary['AP']:.3f}  BWT {summary['BWT'] or 0:+.3f}")
+    fig.colorbar(image)
+    written.append(_save(fig, run / "score_matrix.png"))
+    return written
+
+
+def plot_comparison(runs: list[Path]) -> list[Path]:
+    summaries = [(run, json.loads((run / "summary.json").read_text())) for run in runs if (run / "summary.json").is_file()]
+    if len(summaries) < 2:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4))
+    names = [run.name for run, _ in summaries]
+    for offset, key in enumerate(("AP", "BWT", "FWT", "forgetting")):
+        left.bar([i + offset * 0.2 for i in range(len(names))], [s[key] or 0 for _, s in summaries], 0.2, label=key)
+    left.set_xticks([i + 0.3 for i in range(len(names))], names, rotation=20, fontsize=7)
+    left.axhline(0, color="black", linewidth=0.5)
+    left.legend()
+    tasks = summaries[0][1]["tasks"]
+    width = 0.8 / len(summaries)
+    for k, (run, summary) in enumerate(summaries):
+        right.bar([i + k * width for i in range(len(tasks))], [summary["final_scores"].get(t, 0) for t in tasks],
+                  width, label=run.name)
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
+    right.set_title("final score per task")
+    right.legend(fontsize=7)
+    figure = fig
+    paths = []
+    for run, _ in summaries:
+        figure.savefig(run / "comparison.png", dpi=110, bbox_inches="tight")
+        paths.append(run / "comparison.png")
+    plt.close(figure)
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_runs(runs: list[Path]) -> list[Path]:
+    written: list[Path] = []
+    for run in runs:
+        if not run.is_dir():
+            raise FileNotFoundError(f"no run folder {run}")
+        written += [p for p in [plot_train_loss(run)] if p] + plot_eval(run)
+    return written + plot_comparison(runs)
+
+
+def latest_run(log_dir: Path, prefix: str = "", marker: str = "train_loss.jsonl") -> Path:
+    """The most recently written run folder whose name starts with ``prefix`` and that holds ``marker``."""
+    runs = sorted((p for p in log_dir.glob(f"{prefix}*") if (p / marker).is_file()), key=lambda p: (p / marker).stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"no run matching {log_dir / prefix}* with a {marker}")
+    return runs[-1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    logs = Path("logs")
+    if args[0] == "single":
+        runs = [latest_run(logs, f"single_{args[1]}_" if len(args) > 1 else "single_")]
+    elif args[0] == "seq":
+        runs = [latest_run(logs, marker="stages.jsonl")]
+    else:
+        runs = [Path(a) for a in args]
+    for path in plot_runs(runs):
+        print(f"[plot] {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""SLSD: stability-aware lightweight self-distillation into the slow branch.
+
+At the start of every stage after the first:
+  1. probe buffer — ``probe_candidates`` samples of the *current* task's training set (seeded);
+  2. teacher — the model as it is at that moment, i.e. as it was at the end of the previous stage. Its outputs are
+     computed once, before any update of the new stage, so no copy of the model (or of the base weights) exists;
+  3. entropy filter — each candidate is scored by the teacher's mean token entropy over its response tokens,
+     H = mean_t −Σ_v p_t(v) log p_t(v); the samples below the ``entropy_quantile`` quantile (the ones most
+     typical of the old style: the teacher is sure how to answer them) are kept, at most ``probe_size``;
+  4. compact teacher targets — per response token the top-k log-probabilities at temperature T (fp16), their token
+     ids (int32) and the log of the remaining tail mass: k·6 + 2 bytes per token instead of V·4.
+During the stage, every ``kd_every`` steps a probe batch gives the distillation loss
+
+    L_KD = λ · T² · KL(p_teacher ‖ p_student)   over response tokens, on the k+1 buckets (top-k ids + tail),
+
+computed with the fast branch in the forward pass but out of the autograd graph, so L_KD reaches only the slow
+branch; the fast branch learns from the supervised loss alone. (The KL over the coarsened k+1-bucket
+distribution is exact for that coarsening and a lower bound of the full-vocabulary KL.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from models.ds_lora import DSLoRA
+from training import autocast
+from utils_data import IGNORE_INDEX, collate
+
+
+@dataclass
+class ProbeSample:
+    input_ids: list[int]
+    labels: list[int]
+    positions: torch.Tensor  # logit positions t whose target label[t+1] is a response token
+    teacher_topk_logp: torch.Tensor  # (n, k) float16, log-probabilities at temperature T
+    teacher_topk_ids: torch.Tensor  # (n, k) int32
+    teacher_tail_logp: torch.Tensor  # (n,) float16, log of the probability mass outside the top-k
+    entropy: float  # teacher's mean response-token entropy (at T = 1)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.positions, self.teacher_topk_logp,
+                                                            self.teacher_topk_ids, self.teacher_tail_logp))
+
+
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t (in a padded batch row) whose next token t+1 is supervised."""
+    return (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+
+
+def _tail_logp(topk_logp: torch.Tensor) -> torch.Tensor:
+    """log(1 − Σ exp(topk)), clamped away from log(0)."""
+    return torch.log1p(-topk_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+
+
+@torch.no_grad()
+def build_probe_buffer(model, dataset, indices: list[int], config, device: torch.device,
+                       amp_dtype: torch.dtype | None) -> list[ProbeSample]:
+    """Teacher pass over the candidates (model as it is now), entropy filter, compact top-k targets."""
+    was_training = model.training
+    model.eval()
+    candidates: list[ProbeSample] = []
+    batch_size = config.eval_batch_size
+    for start in tqdm(range(0, len(indices), batch_size), desc="SLSD teacher pass", leave=False, dynamic_ncols=True):
+        features = [dataset[i] for i in indices[start:start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(features, 0).items()}
+        with autocast(device, amp_dtype):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for row, feature in enumerate(features):
+            positions = response_positions(batch["labels"][row]).to(device)
+            z = logits[row, positions].float()
+            logp = F.log_softmax(z, dim=-1)
+            entropy = float(-(logp.exp() * logp).sum(-1).mean())
+            topk_logp, topk_ids = F.log_softmax(z / config.kd_temperature, dim=-1).topk(config.teacher_topk, dim=-1)
+            candidates.append(ProbeSample(
+                feature["input_ids"], feature["labels"], positions.cpu(), topk_logp.half().cpu(),
+                topk_ids.int().cpu(), _tail_logp(topk_logp).half().cpu(), entropy))
+    model.train(was_training)
+    threshold = torch.quantile(torch.tensor([c.entropy for c in candidates]), config.entropy_quantile).item()
+    kept = sorted((c for c in candidates if c.entropy <= threshold), key=lambda c: c.entropy)
+    return kept[:config.probe_size]
+
+
+def kd_loss(model, dslora: DSLoRA, probes: list[ProbeSample], config, device: torch.device,
+            amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """λ·T²·KL(teacher ‖ student) on the probes' response tokens; gradient to the slow branch only."""
+    batch = {k: v.to(device) for k, v in collate([dict(input_ids=p.input_ids, labels=p.labels) for p in probes], 0).items()}
+    with dslora.branches(fast_grad=False), autocast(device, amp_dtype):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    student, teacher_logp, teacher_tail = [], [], []
+    for row, probe in enumerate(probes):
+        student_logp = F.log_softmax(logits[row, probe.positions.to(device)].float() / config.kd_temperature, dim=-1)
+        ids = probe.teacher_topk_ids.to(device).long()
+        topk = student_logp.gather(-1, ids)
+        student.append(torch.cat([topk, _tail_logp(topk).unsqueeze(-1)], dim=-1))
+        teacher_logp.append(probe.teacher_topk_logp.to(device).float())
+        teacher_tail.append(probe.teacher_tail_logp.to(device).float().unsqueeze(-1))
+    q = torch.cat(student)
+    p = torch.cat([torch.cat(teacher_logp), torch.cat(teacher_tail)], dim=-1)
+    kl = (p.exp() * (p - q)).sum(-1).mean()
+    return config.kd_lambda * config.kd_temperature ** 2 * kl
+
+
+class SLSD:
+    """The hooks the sequential engine calls: ``before_stage`` builds the probe buffer, ``aux_loss`` gives L_KD."""
+
+    def __init__(self, model, dslora: DSLoRA, config, device: torch.device, amp_dtype: torch.dtype | None):
+        self.model, self.dslora, self.config, self.device, self.amp_dtype = model, dslora, config, device, amp_dtype
+        self.probes: list[ProbeSample] = []
+        self.stage = 0
+
+    def before_stage(self, stage: int, dataset) -> dict:
+        """Build this stage's probe buffer (nothing for the first stage: there is no previous model)."""
+        self.stage, self.probes = stage, []
+        if stage == 0 or not self.config.use_slsd:
+            return {}
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + stage)
+        count = min(self.config.probe_candidates, len(dataset))
+        indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+        self.probes = build_probe_buffer(self.model, dataset, indices, self.config, self.device, self.amp_dtype)
+        tokens = sum(len(p.positions) for p in self.probes)
+        stored = sum(p.nbytes() for p in self.probes)
+        return dict(probe_candidates=count, probe_kept=len(self.probes), probe_tokens=tokens, probe_bytes=stored,
+                    probe_bytes_per_token=stored / max(tokens, 1),
+                    probe_entropy_max=max((p.entropy for p in self.probes), default=math.nan))
+
+    def aux_loss(self, step: int) -> torch.Tensor | None:
+        """L_KD every ``kd_every`` steps on a probe batch drawn from a (seed, stage, step)-seeded generator."""
+        if not self.probes or step % self.config.kd_every:
+            return None
+        generator = torch.Generator().manual_seed((self.config.seed * 1000 + self.stage) * 100_000 + step)
+        size = min(self.config.kd_batch_size, len(self.probes))
+        chosen = torch.randperm(len(self.probes), generator=generator)[:size].tolist()
+        return kd_loss(self.model, self.dslora, [self.probes[i] for i in chosen], self.config, self.device, self.amp_dtype)
