@@ -29,8 +29,9 @@ $(DATA): $(STAMP)
 
 data: $(DATA)
 
+# The main job: DS-LoRA + SLSD over T1 -> T5 with evaluation after every stage; re-running resumes.
 run: setup $(DATA)
-	$(PY) train_single_task.py --task T2_math --run_name make_run --max_steps 30 --max_train_samples 200 --max_eval_samples 50
+	$(PY) train_slsd_seq.py --run_name make_run
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -38,6 +39,7 @@ test: setup
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_slsd.py
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)

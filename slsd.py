@@ -51,6 +51,16 @@ def response_positions(labels: torch.Tensor) -> torch.Tensor:
     return (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
 
 
+def response_logits(model, batch: dict, positions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Logits at the given positions of each row only: the decoder's last hidden states at those positions go
+    through the LM head, so the rows × length × vocabulary tensor of a plain forward is never built (its head
+    matmul on prompt and padding tokens is skipped too)."""
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    selected = torch.cat([hidden[row, pos] for row, pos in enumerate(positions)])
+    logits = model.get_output_embeddings()(selected)
+    return list(logits.split([len(pos) for pos in positions]))
+
+
 def _tail_logp(topk_logp: torch.Tensor) -> torch.Tensor:
     """log(1 − Σ exp(topk)), clamped away from log(0)."""
     return torch.log1p(-topk_logp.exp().sum(-1).clamp(max=1 - 1e-6))
@@ -67,16 +77,16 @@ def build_probe_buffer(model, dataset, indices: list[int], config, device: torch
     for start in tqdm(range(0, len(indices), batch_size), desc="SLSD teacher pass", leave=False, dynamic_ncols=True):
         features = [dataset[i] for i in indices[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(features, 0).items()}
+        positions = [response_positions(labels) for labels in batch["labels"]]
         with autocast(device, amp_dtype):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        for row, feature in enumerate(features):
-            positions = response_positions(batch["labels"][row]).to(device)
-            z = logits[row, positions].float()
+            logits = response_logits(model, batch, positions)
+        for feature, pos, z in zip(features, positions, logits):
+            z = z.float()
             logp = F.log_softmax(z, dim=-1)
             entropy = float(-(logp.exp() * logp).sum(-1).mean())
             topk_logp, topk_ids = F.log_softmax(z / config.kd_temperature, dim=-1).topk(config.teacher_topk, dim=-1)
             candidates.append(ProbeSample(
-                feature["input_ids"], feature["labels"], positions.cpu(), topk_logp.half().cpu(),
+                feature["input_ids"], feature["labels"], pos.cpu(), topk_logp.half().cpu(),
                 topk_ids.int().cpu(), _tail_logp(topk_logp).half().cpu(), entropy))
     model.train(was_training)
     threshold = torch.quantile(torch.tensor([c.entropy for c in candidates]), config.entropy_quantile).item()
@@ -89,10 +99,10 @@ def kd_loss(model, dslora: DSLoRA, probes: list[ProbeSample], config, device: to
     """λ·T²·KL(teacher ‖ student) on the probes' response tokens; gradient to the slow branch only."""
     batch = {k: v.to(device) for k, v in collate([dict(input_ids=p.input_ids, labels=p.labels) for p in probes], 0).items()}
     with dslora.branches(fast_grad=False), autocast(device, amp_dtype):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = response_logits(model, batch, [p.positions.to(device) for p in probes])
     student, teacher_logp, teacher_tail = [], [], []
-    for row, probe in enumerate(probes):
-        student_logp = F.log_softmax(logits[row, probe.positions.to(device)].float() / config.kd_temperature, dim=-1)
+    for probe, z in zip(probes, logits):
+        student_logp = F.log_softmax(z.float() / config.kd_temperature, dim=-1)
         ids = probe.teacher_topk_ids.to(device).long()
         topk = student_logp.gather(-1, ids)
         student.append(torch.cat([topk, _tail_logp(topk).unsqueeze(-1)], dim=-1))

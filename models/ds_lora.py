@@ -274,6 +274,15 @@ class DSLoRA:
         save_file(self.adapter_state(), str(tmp), metadata={"ds_lora": json.dumps(meta)})
         tmp.replace(path)
 
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy tensors keyed as in ``adapter_state`` into the existing branches."""
+        with torch.no_grad():
+            for name, m in self.modules.items():
+                branches = {"slow": m.slow, **{f"fast.{k}": v for k, v in m.fast.items()}}
+                for prefix, branch in branches.items():
+                    branch.lora_A.copy_(tensors[f"{name}.{prefix}.lora_A"])
+                    branch.lora_B.copy_(tensors[f"{name}.{prefix}.lora_B"])
+
     def load(self, path: str | Path) -> None:
         """Load adapters saved by ``save`` into this (identically configured) model."""
         from safetensors import safe_open
@@ -287,15 +296,10 @@ class DSLoRA:
             self.add_fast(fast_name)
         self.set_active_fast(meta["active_fast"])
         tensors = load_file(str(path))
-        with torch.no_grad():
-            for key, value in self.adapter_state().items():
-                if key not in tensors:
-                    raise KeyError(f"{path} lacks tensor {key}")
-            for name, m in self.modules.items():
-                params = {"slow": m.slow, **{f"fast.{k}": v for k, v in m.fast.items()}}
-                for prefix, branch in params.items():
-                    branch.lora_A.copy_(tensors[f"{name}.{prefix}.lora_A"])
-                    branch.lora_B.copy_(tensors[f"{name}.{prefix}.lora_B"])
+        missing = [key for key in self.adapter_state() if key not in tensors]
+        if missing:
+            raise KeyError(f"{path} lacks tensor {missing[0]}")
+        self.load_state(tensors)
 
     def export_peft(self, folder: str | Path, base_model_name_or_path: str | None = None) -> None:
         """Write a standard PEFT LoRA adapter folder equal to the branches in use (slow + active fast).

@@ -44,3 +44,13 @@ def tiny_dslora(tiny_model, smoke_config):
 def token_batch(tokenizer):
     text = ["The quick brown fox jumps over the lazy dog.", "Continual learning keeps old skills."]
     return tokenizer(text, return_tensors="pt", padding=True)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """All five tasks, built offline at a small size (what prepare_datasets.py writes, in miniature)."""
+    import prepare_datasets
+
+    out = tmp_path_factory.mktemp("data")
+    prepare_datasets.main(["--out", str(out), "--train", "20", "--val", "4", "--test", "4"])
+    return out

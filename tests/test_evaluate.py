@@ -3,20 +3,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 import evaluate
 import prepare_datasets
 from evaluation import generate, prompt_messages, summarise
 from utils_data import render
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    prepare_datasets.main(["--out", str(out), "--train", "20", "--val", "4", "--test", "4"])
-    return out
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):

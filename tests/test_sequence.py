@@ -9,10 +9,15 @@ from safetensors.torch import load_file
 
 import sequential
 import train_slsd_seq
-from configs.base_config import build_config
+from configs.base_config import PRESETS, build_config
 
 SHORT = ["--preset", "smoke", "--tasks", "T2_math,T1_general", "--max_steps", "6", "--save_every", "2",
          "--max_eval_samples", "2", "--no_plots"]
+
+
+@pytest.fixture(autouse=True)
+def data_dir(small_data, monkeypatch):
+    monkeypatch.setitem(PRESETS["smoke"], "data_dir", str(small_data))
 
 
 def args(tmp_path, name, *extra):
