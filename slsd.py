@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.ds_lora import DSLoRA
-from training import autocast
-from utils_data import IGNORE_INDEX, collate
+from training import autocast, response_logits, response_positions
+from utils_data import collate
 
 
 @dataclass
@@ -44,21 +44,6 @@ class ProbeSample:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.positions, self.teacher_topk_logp,
                                                             self.teacher_topk_ids, self.teacher_tail_logp))
-
-
-def response_positions(labels: torch.Tensor) -> torch.Tensor:
-    """Positions t (in a padded batch row) whose next token t+1 is supervised."""
-    return (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
-
-
-def response_logits(model, batch: dict, positions: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Logits at the given positions of each row only: the decoder's last hidden states at those positions go
-    through the LM head, so the rows × length × vocabulary tensor of a plain forward is never built (its head
-    matmul on prompt and padding tokens is skipped too)."""
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    selected = torch.cat([hidden[row, pos] for row, pos in enumerate(positions)])
-    logits = model.get_output_embeddings()(selected)
-    return list(logits.split([len(pos) for pos in positions]))
 
 
 def _tail_logp(topk_logp: torch.Tensor) -> torch.Tensor:

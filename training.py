@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from models.ds_lora import DSLoRA
+from utils_data import IGNORE_INDEX
 
 
 class NonFiniteLossError(RuntimeError):
@@ -159,6 +160,21 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     return stats
 
 
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Positions t (in a padded batch row) whose next token t+1 is supervised."""
+    return (labels[1:] != IGNORE_INDEX).nonzero().squeeze(-1)
+
+
+def response_logits(model, batch: dict, positions: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Logits at the given positions of each row only: the decoder's last hidden states at those positions go
+    through the LM head, so the rows × length × vocabulary tensor of a plain forward is never built (its head
+    matmul on prompt and padding tokens is skipped too)."""
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    selected = torch.cat([hidden[row, pos] for row, pos in enumerate(positions)])
+    logits = model.get_output_embeddings()(selected)
+    return list(logits.split([len(pos) for pos in positions]))
+
+
 @torch.no_grad()
 def eval_loss(model, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None,
               desc: str = "eval") -> float:
@@ -168,12 +184,11 @@ def eval_loss(model, loader: DataLoader, device: torch.device, amp_dtype: torch.
     total, count = 0.0, 0
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         batch = {k: v.to(device) for k, v in batch.items()}
+        positions = [response_positions(labels) for labels in batch["labels"]]
         with autocast(device, amp_dtype):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
-                                                   ignore_index=-100, reduction="sum")
-        total += float(losses)
-        count += int((targets != -100).sum())
+            logits = torch.cat(response_logits(model, batch, positions)).float()
+        targets = torch.cat([labels[pos + 1] for labels, pos in zip(batch["labels"], positions)])
+        total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        count += len(targets)
     model.train(was_training)
     return total / max(count, 1)

@@ -123,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
     "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=512,
                   max_train_samples=16, max_eval_samples=4, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
-                  warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, export_peft=True),
+                  warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,
