@@ -56,9 +56,12 @@ def code_pass_at_1(record: dict, output: str) -> dict:
 
     code = extract_code(record, output)
     result = run_python(code + "\n\n" + record["tests"], timeout_s=record.get("timeout_s", 10))
+    # Format is judged on the model's own output (not on the prompt-completed program): a fenced block or the
+    # function's own definition.
     entry = record.get("entry_point", "")
-    format_ok = bool(re.search(rf"def\s+{re.escape(entry)}\s*\(", code)) if entry else "def " in code
-    return dict(score=float(result.passed), status=result.status, detail=result.detail, format_ok=format_ok)
+    defines = bool(re.search(rf"def\s+{re.escape(entry)}\s*\(", output)) if entry else "def " in output
+    return dict(score=float(result.passed), status=result.status, detail=result.detail,
+                format_ok=defines or "```" in output)
 
 
 # ---- T4 tool calling: BFCL-style match on the parsed call -------------------------------------------------------

@@ -114,7 +114,9 @@ def test_code_pass_at_1_good_bad_and_fenced():
 
 def test_humaneval_style_completion_gets_the_prompt_prepended():
     record = dict(CODE, code_prompt="def add(a, b):\n    \"\"\"Add.\"\"\"\n")
-    assert metrics.score_sample(record, "    return a + b\n")["score"] == 1.0
+    body_only = metrics.score_sample(record, "    return a + b\n")
+    assert body_only["score"] == 1.0 and body_only["format_ok"] is False  # format judged on the output alone
+    assert metrics.score_sample(record, "Sure, here it is.")["format_ok"] is False
 
 
 def test_sandbox_stops_an_infinite_loop_quickly():
