@@ -50,7 +50,7 @@ def test_bad_values_raise_one_line_errors_naming_the_field(overrides, message):
 def test_bad_config_file_and_preset(tmp_path):
     file = tmp_path / "c.json"
     file.write_text(json.dumps({"batch_size": "many"}))
-    with pytest.raises(ConfigError, match=f"config field 'batch_size' expects int, got 'many'"):
+    with pytest.raises(ConfigError, match="config field 'batch_size' expects int, got 'many'"):
         build_config(config_file=str(file))
     file.write_text(json.dumps({"epochz": 1}))
     with pytest.raises(ConfigError, match=f"unknown config field 'epochz' in {file}"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from tests.conftest import FIXTURES
 from utils_data import (IGNORE_INDEX, DataFormatError, SFTDataset, collate, make_loader, read_jsonl,
