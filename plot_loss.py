@@ -19,9 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+from utils_data import read_rows  # noqa: E402
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -34,7 +32,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 
 
 def plot_train_loss(run: Path) -> Path | None:
-    rows = {r["step"]: r for r in read_jsonl(run / "train_loss.jsonl")}  # a resumed stage rewrites steps: keep last
+    rows = {r["step"]: r for r in read_rows(run / "train_loss.jsonl")}  # a resumed stage rewrites steps: keep last
     if not rows:
         return None
     steps = sorted(rows)
@@ -46,7 +44,7 @@ def plot_train_loss(run: Path) -> Path | None:
         kd = [s for s in steps if "aux_loss" in rows[s]]
         ax.plot(kd, [rows[s]["aux_loss"] for s in kd], ".", markersize=3, label="SLSD KD loss")
     boundary = 0
-    for stage in read_jsonl(run / "stages.jsonl"):
+    for stage in read_rows(run / "stages.jsonl"):
         ax.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(boundary + 1, ax.get_ylim()[1], stage["task"], fontsize=7, va="top", rotation=90)
         boundary += stage["optimizer_steps"]
@@ -57,7 +55,7 @@ def plot_train_loss(run: Path) -> Path | None:
 
 def plot_eval(run: Path) -> list[Path]:
     summary_path = run / "summary.json"
-    rows = read_jsonl(run / "eval.jsonl")
+    rows = read_rows(run / "eval.jsonl")
     if not rows or not summary_path.is_file():
         return []
     summary = json.loads(summary_path.read_text())
@@ -108,12 +106,11 @@ def plot_comparison(runs: list[Path]) -> list[Path]:
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
     right.legend(fontsize=7)
-    figure = fig
     paths = []
     for run, _ in summaries:
-        figure.savefig(run / "comparison.png", dpi=110, bbox_inches="tight")
+        fig.savefig(run / "comparison.png", dpi=110, bbox_inches="tight")
         paths.append(run / "comparison.png")
-    plt.close(figure)
+    plt.close(fig)
     return paths
 
 

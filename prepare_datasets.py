@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from tasks import hub, t1_general, t2_math, t3_code, t4_tool, t5_safety
+from utils_data import read_rows
 
 OFFLINE = {"T1_general": t1_general.build, "T2_math": t2_math.build, "T3_code": t3_code.build,
            "T4_tool": t4_tool.build, "T5_safety": t5_safety.build}
@@ -77,11 +78,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def read_split(out: Path, task: str, split: str) -> list[dict]:
-    path = out / task / f"{split}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default=",".join(OFFLINE), help="comma-separated task names")
@@ -105,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             splits = OFFLINE[task](sizes, args.seed)
         splits, removed = deduplicate(splits, sizes, keep_test_whole=task == "T3_code")
         if task == "T5_safety":
-            others = {t: read_split(out, t, "test") for t in OFFLINE if t != task}
+            others = {t: read_rows(out / t / "test.jsonl") for t in OFFLINE if t != task}
             splits["test"] = add_benign_prompts(splits["test"], {t: r for t, r in others.items() if r}, args.seed)
         for split in SPLITS:
             for index, record in enumerate(splits[split]):

@@ -31,7 +31,7 @@ from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from slsd import SLSD
 from training import num_optimizer_steps, train_stage
-from utils_data import SFTDataset, make_loader, read_jsonl, task_file
+from utils_data import SFTDataset, make_loader, read_jsonl, read_rows, task_file
 
 
 class RunConflictError(RuntimeError):
@@ -91,12 +91,8 @@ class Sequence:
         self.dslora = DSLoRA.from_config(self.model, config)
         self.slsd = SLSD(self.model, self.dslora, config, self.device, self.amp_dtype)
         self.eval_path = self.log_dir / "eval.jsonl"
-        self.rows = {(r["stage"], r["task"]): r for r in self._read_jsonl(self.eval_path)}
-        self.stage_info = {r["stage"]: r for r in self._read_jsonl(self.log_dir / "stages.jsonl")}
-
-    @staticmethod
-    def _read_jsonl(path: Path) -> list[dict]:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        self.rows = {(r["stage"], r["task"]): r for r in read_rows(self.eval_path)}
+        self.stage_info = {r["stage"]: r for r in read_rows(self.log_dir / "stages.jsonl")}
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     @contextmanager
@@ -160,11 +156,11 @@ class Sequence:
             resume = torch.load(partial / "trainer_state.pt", weights_only=False)
             print(f"[resume] {task}: continuing from step {resume['step']}")
 
-        def checkpoint(step: int, state: dict) -> None:
+        def checkpoint(step: int, snapshot) -> None:
             if config.save_every and step % config.save_every == 0:
                 def write(folder: Path) -> None:
                     self.dslora.save(folder / "adapters.safetensors")
-                    torch.save(state, folder / "trainer_state.pt")
+                    torch.save(snapshot(), folder / "trainer_state.pt")
 
                 atomic_dir(partial, write)
 

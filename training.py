@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -69,18 +71,10 @@ def batches_forever(loader: DataLoader):
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states (dropout masks, sampling), for an exact mid-stage resume."""
-    import random
-
-    import numpy as np
-
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
 
 
 def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -89,12 +83,12 @@ def set_rng_state(state: dict) -> None:
 def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, log_path: Path,
                 device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train", step_offset: int = 0,
                 aux_loss: Callable[[int], torch.Tensor | None] | None = None, resume: dict | None = None,
-                on_step: Callable[[int, dict], None] | None = None) -> StageStats:
+                on_step: Callable[[int, Callable[[], dict]], None] | None = None) -> StageStats:
     """Train for ``total_steps`` optimizer steps; one JSON row per ``log_every`` steps goes to ``log_path``.
 
     ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own forward
-    pass and decides which parameters its gradient reaches. ``on_step(step, state)`` is called after every step with
-    a ``state()``-able snapshot for checkpoints; ``resume`` (such a snapshot) continues exactly where it was taken:
+    pass and decides which parameters its gradient reaches. ``on_step(step, snapshot)`` is called after every step;
+    ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly where it was taken:
     optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted;
     ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
     """
@@ -152,8 +146,8 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 log.write(json.dumps(row) + "\n")
                 log.flush()
             if on_step is not None:
-                on_step(step, dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   stats=dataclasses.asdict(stats), rng=rng_state()))
+                on_step(step, lambda: dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                           stats=dataclasses.asdict(stats), rng=rng_state()))
             bar.set_postfix(loss=f"{stats.last_loss:.4f}", lr_slow=f"{rates['lr_slow']:.1e}",
                             lr_fast=f"{rates['lr_fast']:.1e}", tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)

@@ -102,6 +102,12 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     return records, problems
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """The JSON objects of a results file (logs, written splits); an absent file has none."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def task_file(task: str, split: str, data_dir: str | Path) -> Path:
     """A task name maps to ``data_dir/<task>/<split>.jsonl``; a path to a .jsonl file is used as it is."""
     if task.endswith(".jsonl"):

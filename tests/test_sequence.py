@@ -72,8 +72,8 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkey
     def crash_in_stage_2(*a, **kw):
         save = kw["on_step"]
 
-        def on_step(step, state):
-            save(step, state)
+        def on_step(step, snapshot):
+            save(step, snapshot)
             if "stage 2/2" in kw["desc"] and step == 5:
                 raise KeyboardInterrupt
 
