@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from transformers import set_seed
 
 from configs.base_config import add_config_arguments, field_help, parse_config, save_config
-from evaluation import evaluate_records
+from evaluation import evaluate_tasks
 from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device
 from utils_data import read_jsonl, task_file
@@ -59,16 +60,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     amp_dtype = autocast_dtype(config, device)
     tokenizer = load_tokenizer(config)
     model = load_model(config).to(device)
+    dslora = None
     if args.checkpoint:
         path = Path(args.checkpoint)
-        DSLoRA.from_file(model, path / "adapters.safetensors" if path.is_dir() else path)
-    summaries = {}
+        dslora = DSLoRA.from_file(model, path / "adapters.safetensors" if path.is_dir() else path)
+    records, bad_lines = {}, {}
     for task in tasks:
-        records, problems = read_jsonl(task_file(task, split, config.data_dir), config.skip_bad_lines, cap)
         name = Path(task).stem if task.endswith(".jsonl") else task
-        summary, rows = evaluate_records(model, tokenizer, records, config, device, amp_dtype, name)
-        summary["bad_lines"] = len(problems)
-        summaries[name] = summary
+        records[name], problems = read_jsonl(task_file(task, split, config.data_dir), config.skip_bad_lines, cap)
+        bad_lines[name] = len(problems)
+    with dslora.merged() if dslora is not None and config.merge_for_eval else nullcontext():
+        results = evaluate_tasks(model, tokenizer, records, config, device, amp_dtype, "eval")
+    summaries = {}
+    for name, (summary, rows) in results.items():
+        summaries[name] = dict(summary, bad_lines=bad_lines[name])
         with (log_dir / f"eval_{name}_{split}.jsonl").open("w") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     result = dict(checkpoint=args.checkpoint, split=split, model=config.model_name, tasks=summaries)

@@ -6,13 +6,14 @@ each sequence at the end-of-turn token, and sorts prompts by length so that a ba
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from metrics import MAX_NEW_TOKENS, score_sample
-from training import autocast, eval_loss
-from utils_data import SFTDataset, make_loader, render
+from training import autocast, response_positions
+from utils_data import IGNORE_INDEX, render, tokenize_messages
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -29,31 +30,79 @@ def stop_token_ids(tokenizer, model) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+@dataclass
+class Reference:
+    """A reference conversation tokenised as training sees it; its first ``prompt_len`` tokens are the prompt."""
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX outside the assistant turns and past max_seq_len
+
+
+def reference_for(tokenizer, record: dict, prompt_ids: list[int], max_seq_len: int) -> Reference | None:
+    """The record's full conversation when its tokens start with exactly ``prompt_ids`` (so one forward pass can
+    serve both the eval loss and the generation prefill); None when they do not or no supervised token is left."""
+    feature = tokenize_messages(tokenizer, record["messages"], 10**9)
+    ids, labels = feature["input_ids"], feature["labels"][:max_seq_len] + [IGNORE_INDEX] * (len(feature["labels"]) - max_seq_len)
+    if ids[:len(prompt_ids)] != prompt_ids or all(label == IGNORE_INDEX for label in labels):
+        return None
+    return Reference(ids, labels)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
-             amp_dtype: torch.dtype | None, desc: str = "generate") -> list[str]:
-    """Greedy completions of rendered prompts, in the prompts' order."""
+             amp_dtype: torch.dtype | None, desc: str = "generate",
+             references: list[Reference | None] | None = None) -> tuple[list[str], list[tuple[float, int]]]:
+    """Greedy completions of rendered prompts, in the prompts' order, and the reference loss of each prompt
+    (summed token NLL, token count; (0, 0) without a reference).
+
+    With references, each batch is one forward over [left padding | prompt | reference | right padding]: the
+    supervised tokens give the eval loss, the KV cache is cut back to the prompt, and generation continues from it,
+    so prompts are encoded once for both jobs. Positions come from the attention mask, as in generate.
+    """
     was_training = model.training
     model.eval()
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    references = references or [None] * len(prompts)
+    encoded_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded_prompts[i]))
     outputs: list[str] = [""] * len(prompts)
-    stops = stop_token_ids(tokenizer, model)
+    losses: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    stops, pad = stop_token_ids(tokenizer, model), tokenizer.pad_token_id
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, dynamic_ncols=True):
             chunk = order[start:start + batch_size]
-            encoded = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
-                                add_special_tokens=False).to(device)
+            width = max(len(encoded_prompts[i]) for i in chunk)  # every prompt ends at column `width`
+            tail = max([len(references[i].input_ids) - len(encoded_prompts[i]) for i in chunk if references[i]] or [0])
+            ids = torch.full((len(chunk), width + tail), pad, dtype=torch.long)
+            mask, labels = torch.zeros_like(ids), torch.full_like(ids, IGNORE_INDEX)
+            for row, i in enumerate(chunk):
+                prompt, ref = encoded_prompts[i], references[i]
+                ids[row, width - len(prompt):width], mask[row, width - len(prompt):width] = torch.tensor(prompt), 1
+                if ref is not None:
+                    span = slice(width - len(prompt), width - len(prompt) + len(ref.input_ids))
+                    ids[row, span], mask[row, span], labels[row, span] = torch.tensor(ref.input_ids), 1, torch.tensor(ref.labels)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            cache = None
+            if tail:
+                with autocast(device, amp_dtype):
+                    out = model.base_model(input_ids=ids, attention_mask=mask, use_cache=True,
+                                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+                    for row, i in enumerate(chunk):
+                        pos = response_positions(labels[row])
+                        if len(pos):
+                            logits = model.get_output_embeddings()(out.last_hidden_state[row, pos]).float()
+                            nll = torch.nn.functional.cross_entropy(logits, labels[row, pos + 1], reduction="sum")
+                            losses[i] = (float(nll), len(pos))
+                cache = out.past_key_values
+                cache.crop(-(tail + 1))  # keep the prompt but its last token, which generate feeds itself
             with autocast(device, amp_dtype):
-                generated = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
-                                           use_cache=True, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-            completions = tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+                generated = model.generate(input_ids=ids[:, :width], attention_mask=mask[:, :width],
+                                           past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
+                                           use_cache=True, eos_token_id=stops, pad_token_id=pad)
+            completions = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
             for index, text in zip(chunk, completions):
                 outputs[index] = text.strip()
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
-    return outputs
+    return outputs, losses
 
 
 def summarise(records: list[dict], results: list[dict]) -> dict:
@@ -73,20 +122,42 @@ def summarise(records: list[dict], results: list[dict]) -> dict:
     return summary
 
 
-def evaluate_records(model, tokenizer, records: list[dict], config, device: torch.device,
-                     amp_dtype: torch.dtype | None, name: str) -> tuple[dict, list[dict]]:
-    """Score one task's records: returns (summary with score, format_rate, eval_loss, ...; per-sample rows)."""
-    metric = records[0].get("metric", "exact_match")
-    max_new = config.max_new_tokens or MAX_NEW_TOKENS.get(metric, 256)
-    prompts = [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
-    outputs = generate(model, tokenizer, prompts, max_new, config.eval_batch_size, device, amp_dtype, desc=f"generate {name}")
-    results = [score_sample(r, out) for r, out in zip(records, outputs)]
-    summary = summarise(records, results)
-    summary["format_rate"] = summary.pop("format_ok", 0.0)
-    # Eval loss on the references; samples whose reference falls entirely past max_seq_len are counted, not scored.
-    dataset = SFTDataset(records, tokenizer, config.max_seq_len, name, allow_empty=True)
-    loader = make_loader(dataset, config.eval_batch_size, tokenizer.pad_token_id, shuffle=False)
-    summary["eval_loss"] = eval_loss(model, loader, device, amp_dtype, desc=f"loss {name}") if len(dataset) else None
-    summary.update(samples=len(records), loss_samples=len(dataset), metric=metric, max_new_tokens=max_new)
-    rows = [dict(id=r.get("id"), prompt=p, output=o, **res) for r, p, o, res in zip(records, prompts, outputs, results)]
-    return summary, rows
+def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config, device: torch.device,
+                   amp_dtype: torch.dtype | None, label: str) -> dict[str, tuple[dict, list[dict]]]:
+    """Score several tasks' records with the model as it is: {task: (summary with score, format_rate, eval_loss,
+    ...; per-sample rows)}.
+
+    The prompts of all tasks that share a generation budget go through one length-sorted ``generate`` call, so short
+    prompts of different tasks share batches (fewer decoding passes than task by task).
+    """
+    budgets = {task: config.max_new_tokens or MAX_NEW_TOKENS.get(records[0].get("metric", "exact_match"), 256)
+               for task, records in task_records.items()}
+    prompts = {task: [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
+               for task, records in task_records.items()}
+    outputs: dict[str, list[str]] = {}
+    losses: dict[str, list[tuple[float, int]]] = {}
+    for budget in sorted(set(budgets.values())):
+        group = [task for task in task_records if budgets[task] == budget]
+        flat = [p for task in group for p in prompts[task]]
+        references = [reference_for(tokenizer, r, tokenizer(p, add_special_tokens=False)["input_ids"], config.max_seq_len)
+                      for task in group for r, p in zip(task_records[task], prompts[task])]
+        generated, nll = generate(model, tokenizer, flat, budget, config.eval_batch_size, device, amp_dtype,
+                                  desc=f"generate {label} ({len(group)} tasks)", references=references)
+        for task in group:
+            n = len(prompts[task])
+            outputs[task], generated = generated[:n], generated[n:]
+            losses[task], nll = nll[:n], nll[n:]
+    results = {}
+    for task, records in task_records.items():
+        scored = [score_sample(r, out) for r, out in zip(records, outputs[task])]
+        summary = summarise(records, scored)
+        summary["format_rate"] = summary.pop("format_ok", 0.0)
+        # Eval loss: token-weighted mean NLL of the references' supervised tokens (those within max_seq_len).
+        total, count = sum(t for t, _ in losses[task]), sum(c for _, c in losses[task])
+        summary["eval_loss"] = total / count if count else None
+        summary.update(samples=len(records), loss_samples=sum(c > 0 for _, c in losses[task]),
+                       metric=records[0].get("metric", "exact_match"), max_new_tokens=budgets[task])
+        rows = [dict(id=r.get("id"), prompt=p, output=o, **res)
+                for r, p, o, res in zip(records, prompts[task], outputs[task], scored)]
+        results[task] = (summary, rows)
+    return results

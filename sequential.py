@@ -18,7 +18,7 @@ import json
 import resource
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from transformers import set_seed
 
 from cl_metrics import continual_metrics
 from configs.base_config import Config, save_config
-from evaluation import evaluate_records
+from evaluation import evaluate_tasks
 from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from slsd import SLSD
@@ -95,33 +95,44 @@ class Sequence:
         self.stage_info = {r["stage"]: r for r in read_rows(self.log_dir / "stages.jsonl")}
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
+    def eval_branch(self, task: str) -> str:
+        """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise with the active branch."""
+        stem = Path(task).stem
+        if self.config.fast_mode == "per_task" and stem in self.dslora.fast_names:
+            return stem
+        return self.dslora.active_fast
+
     @contextmanager
-    def branches_for(self, task: str):
-        """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise the model as it is."""
+    def inference(self, branch: str):
+        """The model as evaluated with fast branch ``branch`` (ΔW folded in when ``merge_for_eval``)."""
         active = self.dslora.active_fast
-        if self.config.fast_mode == "per_task" and task in self.dslora.fast_names:
-            self.dslora.set_active_fast(task)
+        self.dslora.set_active_fast(branch)
         try:
-            yield
+            with self.dslora.merged() if self.config.merge_for_eval else nullcontext():
+                yield
         finally:
             self.dslora.set_active_fast(active)
 
     def evaluate_all(self, stage: int, label: str) -> None:
-        """Score every task of the sequence (seen and unseen) and append one eval.jsonl row per task."""
+        """Score every task of the sequence (seen and unseen) and append one eval.jsonl row per task; tasks that
+        are evaluated with the same branches share generation batches."""
+        groups: dict[str, list[str]] = {}
         for task in self.config.tasks:
-            if (stage, task) in self.rows:
-                continue
-            records, _ = read_jsonl(task_file(task, self.config.eval_split, self.config.data_dir),
-                                    self.config.skip_bad_lines, self.config.max_eval_samples)
-            with self.branches_for(task):
-                summary, samples = evaluate_records(self.model, self.tokenizer, records, self.config, self.device,
-                                                    self.amp_dtype, f"{label}/{task}")
-            row = dict(stage=stage, stage_name=label, task=task, **summary)
-            with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task}.jsonl").open("w") as handle:
-                handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-            with self.eval_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
-            self.rows[(stage, task)] = row
+            if (stage, task) not in self.rows:
+                groups.setdefault(self.eval_branch(task), []).append(task)
+        for branch, group in groups.items():
+            records = {task: read_jsonl(task_file(task, self.config.eval_split, self.config.data_dir),
+                                        self.config.skip_bad_lines, self.config.max_eval_samples)[0] for task in group}
+            with self.inference(branch):
+                results = evaluate_tasks(self.model, self.tokenizer, records, self.config, self.device,
+                                         self.amp_dtype, label)
+            for task, (summary, samples) in results.items():
+                row = dict(stage=stage, stage_name=label, task=task, **summary)
+                with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task}.jsonl").open("w") as handle:
+                    handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+                with self.eval_path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                self.rows[(stage, task)] = row
 
     # ---- one stage -----------------------------------------------------------------------------------------------
     def stage_dir(self, stage: int, task: str) -> Path:

@@ -147,6 +147,17 @@ def test_merge_into_base_matches_logits(tiny_dslora, token_batch):
     torch.testing.assert_close(logits(merged, token_batch), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_merged_inference_matches_the_branches_and_restores_w0_exactly(tiny_dslora, token_batch):
+    expected = logits(tiny_dslora.model, token_batch)
+    w0 = {name: m.base.weight.detach().clone() for name, m in tiny_dslora.modules.items()}
+    with tiny_dslora.merged():
+        assert all(m.merged for m in tiny_dslora.modules.values())
+        got = logits(tiny_dslora.model, token_batch)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert all(torch.equal(m.base.weight, w0[name]) and not m.merged for name, m in tiny_dslora.modules.items())
+    torch.testing.assert_close(logits(tiny_dslora.model, token_batch), expected, atol=0, rtol=0)
+
+
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2)
 ARCHITECTURES = {

@@ -7,17 +7,35 @@ import torch
 
 import evaluate
 import prepare_datasets
-from evaluation import generate, prompt_messages, summarise
-from utils_data import render
+from evaluation import generate, prompt_messages, reference_for, summarise
+from training import eval_loss
+from utils_data import SFTDataset, make_loader, render
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model, tokenizer):
     prompts = [render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
                for text in ("Hi", "What is the capital of France and why?", "Count to three.", "A much longer prompt " * 5)]
-    batched = generate(tiny_model, tokenizer, prompts, 6, 4, torch.device("cpu"), None)
-    single = generate(tiny_model, tokenizer, prompts, 6, 1, torch.device("cpu"), None)
+    batched, _ = generate(tiny_model, tokenizer, prompts, 6, 4, torch.device("cpu"), None)
+    single, _ = generate(tiny_model, tokenizer, prompts, 6, 1, torch.device("cpu"), None)
     assert batched == single and any(batched)
-    assert tokenizer.padding_side == "right"  # restored after left-padded generation
+
+
+def test_one_pass_serves_reference_loss_and_generation(tiny_model, tokenizer):
+    """The shared prefill gives the same completions as plain generation and the same loss as eval_loss."""
+    records = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+               for q, a in (("Hi", "Hello there!"), ("Name three colours, please.", "Red, green and blue."),
+                            ("Count to three " * 4, "One, two, three."))]
+    prompts = [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
+    references = [reference_for(tokenizer, r, tokenizer(p, add_special_tokens=False)["input_ids"], 512)
+                  for r, p in zip(records, prompts)]
+    assert all(ref is not None for ref in references)
+    device = torch.device("cpu")
+    plain, _ = generate(tiny_model, tokenizer, prompts, 6, 3, device, None)
+    shared, nll = generate(tiny_model, tokenizer, prompts, 6, 3, device, None, references=references)
+    assert shared == plain and any(plain)
+    loader = make_loader(SFTDataset(records, tokenizer, 512, "t"), 2, tokenizer.pad_token_id, shuffle=False)
+    expected = eval_loss(tiny_model, loader, device, None)
+    assert abs(sum(t for t, _ in nll) / sum(c for _, c in nll) - expected) < 1e-4
 
 
 def test_prompt_is_the_conversation_before_the_last_answer():

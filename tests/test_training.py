@@ -14,8 +14,8 @@ from configs.base_config import build_config
 from models.ds_lora import DSLoRA
 from models.loading import load_model
 from tests.conftest import FIXTURES
-from training import NonFiniteLossError, train_stage
-from utils_data import SFTDataset, make_loader
+from training import NonFiniteLossError, supervised_loss, train_stage
+from utils_data import SFTDataset, collate, make_loader
 
 
 def run_stage(tokenizer, tmp_path, name, **overrides):
@@ -51,18 +51,16 @@ def test_training_lowers_the_loss_on_repeated_data(tokenizer, tmp_path):
 
 
 def poison_losses(monkeypatch, is_nan):
-    """Make the loss of the model's n-th forward NaN whenever ``is_nan(n)``."""
-    from transformers import LlamaForCausalLM
+    """Make the n-th training loss NaN whenever ``is_nan(n)``."""
+    import training
 
-    original, calls = LlamaForCausalLM.forward, itertools.count(1)
+    original, calls = training.supervised_loss, itertools.count(1)
 
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if out.loss is not None and is_nan(next(calls)):
-            out.loss = out.loss * float("nan")
-        return out
+    def supervised_loss(model, batch):
+        loss = original(model, batch)
+        return loss * float("nan") if is_nan(next(calls)) else loss
 
-    monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
+    monkeypatch.setattr(training, "supervised_loss", supervised_loss)
 
 
 def test_non_finite_losses_are_skipped_and_counted(tokenizer, tmp_path, monkeypatch):
@@ -105,3 +103,10 @@ def test_a_lone_jsonl_file_gets_a_holdout_and_bad_data_is_reported(tmp_path):
     with pytest.raises(DataFormatError, match=f"{bad}:2: missing field 'output'"):
         train_single_task.main(["--task", str(bad), "--preset", "smoke", "--log_dir", str(tmp_path / "logs"),
                                 "--checkpoint_dir", str(tmp_path / "ckpt")])
+
+
+def test_supervised_loss_equals_the_models_own_loss(tokenizer, tiny_model):
+    records = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
+               for w in ("hello", "a much longer answer than the first one")]
+    batch = collate([SFTDataset(records, tokenizer, 64, "t")[i] for i in range(2)], tokenizer.pad_token_id)
+    torch.testing.assert_close(supervised_loss(tiny_model, batch), tiny_model(**batch).loss, atol=1e-5, rtol=1e-5)
