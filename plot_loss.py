@@ -59,15 +59,16 @@ def plot_eval(run: Path) -> list[Path]:
     if not rows or not summary_path.is_file():
         return []
     summary = json.loads(summary_path.read_text())
-    tasks, stages = summary["tasks"], ["base"] + summary["tasks"]
+    tasks = summary["tasks"]
+    stages = ["base"] + [f"after {name}" for name in summary.get("stage_names", tasks)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for task in tasks:
         by_stage = {r["stage"]: r for r in rows if r["task"] == task}
-        xs = [s for s in range(-1, len(tasks)) if s in by_stage]
+        xs = [s for s in range(-1, len(stages) - 1) if s in by_stage]
         for ax, key in zip(axes, ("score", "format_rate", "eval_loss")):
             ax.plot([x + 1 for x in xs], [by_stage[x].get(key) for x in xs], marker="o", label=task)
     for ax, title in zip(axes, ("task score", "format compliance", "eval loss (references)")):
-        ax.set_xticks(range(len(stages)), ["base"] + [f"after {t}" for t in tasks], rotation=30, fontsize=7)
+        ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{run.name}: every task after every stage (falling score and format at steady loss = illusory forgetting)",
@@ -80,14 +81,16 @@ def plot_eval(run: Path) -> list[Path]:
         for j, value in enumerate(row):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 * image.get_clim()[1] else "black")
     ax.set_xticks(range(len(tasks)), tasks, rotation=30)
-    ax.set_yticks(range(len(stages)), ["base"] + [f"after {t}" for t in tasks])
+    ax.set_yticks(range(len(stages)), stages)
     ax.set_title(f"R[stage][task]  AP {summary['AP']:.3f}  BWT {summary['BWT'] or 0:+.3f}")
     fig.colorbar(image)
     written.append(_save(fig, run / "score_matrix.png"))
     return written
 
 
-def plot_comparison(runs: list[Path]) -> list[Path]:
+def plot_comparison(runs: list[Path], out: Path | None = None) -> list[Path]:
+    """AP, BWT, FWT, forgetting and the final per-task scores of several runs side by side; written into each run
+    folder as comparison.png, or to ``out`` only."""
     summaries = [(run, json.loads((run / "summary.json").read_text())) for run in runs if (run / "summary.json").is_file()]
     if len(summaries) < 2:
         return []
@@ -106,10 +109,9 @@ def plot_comparison(runs: list[Path]) -> list[Path]:
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
     right.legend(fontsize=7)
-    paths = []
-    for run, _ in summaries:
-        fig.savefig(run / "comparison.png", dpi=110, bbox_inches="tight")
-        paths.append(run / "comparison.png")
+    paths = [out] if out is not None else [run / "comparison.png" for run, _ in summaries]
+    for path in paths:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
 

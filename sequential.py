@@ -1,10 +1,13 @@
 """The sequential continual-instruction-tuning engine: one loop over the task list, evaluation of every task before
 the first stage and after each one, continual-learning metrics, checkpoints and exact resume.
 
-    for stage k, task t_k:   SLSD probe buffer from the model as it stands (the teacher)
-                             [fast_mode=per_task: a fresh fast branch for t_k]
-                             train on t_k: supervised loss on slow + fast, SLSD's KD loss on slow only
+    evaluate every task with the base model -> base[·]
+    for stage k, task t_k:   method.before_stage   (DS-LoRA + SLSD: the probe buffer, from the model as it stands)
+                             train on t_k with the method's loader, loss, per-step terms and optimizer
+                             method.after_stage    (e.g. EWC's Fisher, the replay buffer)
                              save checkpoints/<run>/stage_<k>_<t_k>/ ; evaluate every task -> R[k][·]
+
+The method (``--method``, methods/) is a small set of hooks; this file is the only training loop of the sequence.
 
 Re-running the same command resumes: finished stages are loaded, not retrained; an interrupted stage continues from
 its last mid-stage checkpoint (adapters, optimizer, schedule, RNG, data position), so the result equals an
@@ -18,7 +21,6 @@ import json
 import resource
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -27,11 +29,10 @@ from transformers import set_seed
 from cl_metrics import continual_metrics
 from configs.base_config import Config, save_config
 from evaluation import evaluate_tasks
-from models.ds_lora import DSLoRA
+from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
-from slsd import SLSD
 from training import num_optimizer_steps, train_stage
-from utils_data import SFTDataset, make_loader, read_jsonl, read_rows, task_file
+from utils_data import SFTDataset, read_jsonl, read_rows, task_file
 
 
 class RunConflictError(RuntimeError):
@@ -43,7 +44,7 @@ def run_name(config: Config) -> str:
     if config.run_name:
         return config.run_name
     digest = hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
-    return f"seq_{'slsd' if config.use_slsd else 'dslora'}_{digest}"
+    return f"seq_{config.method}_{digest}"
 
 
 def prepare_run(config: Config, overwrite: bool) -> tuple[Path, Path]:
@@ -88,42 +89,25 @@ class Sequence:
         self.amp_dtype = autocast_dtype(config, self.device)
         self.tokenizer = load_tokenizer(config)
         self.model = load_model(config).to(self.device)
-        self.dslora = DSLoRA.from_config(self.model, config)
-        self.slsd = SLSD(self.model, self.dslora, config, self.device, self.amp_dtype)
+        self.method = make_method(self.model, self.tokenizer, config, self.device, self.amp_dtype)
+        self.dslora = self.method.dslora
+        self.stages = self.method.stages(config.tasks)
         self.eval_path = self.log_dir / "eval.jsonl"
         self.rows = {(r["stage"], r["task"]): r for r in read_rows(self.eval_path)}
         self.stage_info = {r["stage"]: r for r in read_rows(self.log_dir / "stages.jsonl")}
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
-    def eval_branch(self, task: str) -> str:
-        """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise with the active branch."""
-        stem = Path(task).stem
-        if self.config.fast_mode == "per_task" and stem in self.dslora.fast_names:
-            return stem
-        return self.dslora.active_fast
-
-    @contextmanager
-    def inference(self, branch: str):
-        """The model as evaluated with fast branch ``branch`` (ΔW folded in when ``merge_for_eval``)."""
-        active = self.dslora.active_fast
-        self.dslora.set_active_fast(branch)
-        try:
-            with self.dslora.merged() if self.config.merge_for_eval else nullcontext():
-                yield
-        finally:
-            self.dslora.set_active_fast(active)
-
     def evaluate_all(self, stage: int, label: str) -> None:
         """Score every task of the sequence (seen and unseen) and append one eval.jsonl row per task; tasks that
-        are evaluated with the same branches share generation batches."""
+        the method evaluates with the same weights share generation batches."""
         groups: dict[str, list[str]] = {}
         for task in self.config.tasks:
             if (stage, task) not in self.rows:
-                groups.setdefault(self.eval_branch(task), []).append(task)
-        for branch, group in groups.items():
+                groups.setdefault(self.method.eval_key(task), []).append(task)
+        for key, group in groups.items():
             records = {task: read_jsonl(task_file(task, self.config.eval_split, self.config.data_dir),
                                         self.config.skip_bad_lines, self.config.max_eval_samples)[0] for task in group}
-            with self.inference(branch):
+            with self.method.inference(key):
                 results = evaluate_tasks(self.model, self.tokenizer, records, self.config, self.device,
                                          self.amp_dtype, label)
             for task, (summary, samples) in results.items():
@@ -135,86 +119,113 @@ class Sequence:
                 self.rows[(stage, task)] = row
 
     # ---- one stage -----------------------------------------------------------------------------------------------
-    def stage_dir(self, stage: int, task: str) -> Path:
-        return self.ckpt_dir / f"stage_{stage}_{Path(task).stem}"
+    @staticmethod
+    def stage_name(tasks: list[str]) -> str:
+        return Path(tasks[0]).stem if len(tasks) == 1 else "multitask"
 
-    def save_stage(self, stage: int, task: str) -> None:
+    def stage_dir(self, stage: int, tasks: list[str]) -> Path:
+        return self.ckpt_dir / f"stage_{stage}_{self.stage_name(tasks)}"
+
+    def partial_dir(self, stage: int, tasks: list[str]) -> Path:
+        return self.ckpt_dir / f"stage_{stage}_{self.stage_name(tasks)}.partial"
+
+    def write_state(self, folder: Path) -> None:
+        """Adapters (safetensors) and whatever the method carries across stages."""
+        self.dslora.save(folder / "adapters.safetensors")
+        torch.save(self.method.state_dict(), folder / "method_state.pt")
+
+    def read_state(self, folder: Path) -> None:
+        self.dslora.load(folder / "adapters.safetensors")
+        self.method.load_state_dict(torch.load(folder / "method_state.pt", weights_only=False))
+
+    def save_stage(self, stage: int, tasks: list[str]) -> None:
         def write(folder: Path) -> None:
-            self.dslora.save(folder / "adapters.safetensors")
+            self.write_state(folder)
             if self.config.export_peft:
                 self.dslora.export_peft(folder / "peft", resolve_model_path(self.config.model_name, self.config.model_cache_dir))
 
-        atomic_dir(self.stage_dir(stage, task), write)
-        shutil.rmtree(self.partial_dir(stage, task), ignore_errors=True)
+        atomic_dir(self.stage_dir(stage, tasks), write)
+        shutil.rmtree(self.partial_dir(stage, tasks), ignore_errors=True)
 
-    def partial_dir(self, stage: int, task: str) -> Path:
-        return self.ckpt_dir / f"stage_{stage}_{Path(task).stem}.partial"
+    def stage_dataset(self, tasks: list[str]) -> SFTDataset:
+        """The training split of the stage's tasks (several for multi-task: their union)."""
+        config, records, problems = self.config, [], []
+        for task in tasks:
+            rows, bad = read_jsonl(task_file(task, "train", config.data_dir), config.skip_bad_lines, config.max_train_samples)
+            records += rows
+            problems += bad
+        return SFTDataset(records, self.tokenizer, config.max_seq_len, ",".join(tasks), problems)
 
-    def train_task(self, stage: int, task: str) -> None:
-        config = self.config
-        train = SFTDataset.from_file(task_file(task, "train", config.data_dir), self.tokenizer, config.max_seq_len,
-                                     config.max_train_samples, config.skip_bad_lines)
+    def train_stage(self, stage: int, tasks: list[str]) -> None:
+        config, name = self.config, self.stage_name(tasks)
+        train = self.stage_dataset(tasks)
         print(f"[data] {train.report.summary()}")
         set_seed(config.seed + stage)  # each stage's randomness is its own: a resumed run draws what a straight one did
         started = time.perf_counter()
-        probe = self.slsd.before_stage(stage, train)  # the teacher: the model as the previous stage left it
-        teacher_s = time.perf_counter() - started
-        if config.fast_mode == "per_task":
-            self.dslora.add_fast(Path(task).stem)
-        partial, resume = self.partial_dir(stage, task), None
+        info = self.method.before_stage(stage, tasks, train)  # teachers see the model as the previous stage left it
+        setup_s = time.perf_counter() - started
+        partial, resume = self.partial_dir(stage, tasks), None
         if (partial / "trainer_state.pt").is_file():
-            self.dslora.load(partial / "adapters.safetensors")
+            self.read_state(partial)
             resume = torch.load(partial / "trainer_state.pt", weights_only=False)
-            print(f"[resume] {task}: continuing from step {resume['step']}")
+            print(f"[resume] {name}: continuing from step {resume['step']}")
 
-        def checkpoint(step: int, snapshot) -> None:
+        def after_step(step: int, snapshot) -> None:
+            self.method.after_step(step)
             if config.save_every and step % config.save_every == 0:
                 def write(folder: Path) -> None:
-                    self.dslora.save(folder / "adapters.safetensors")
+                    self.write_state(folder)
                     torch.save(snapshot(), folder / "trainer_state.pt")
 
                 atomic_dir(partial, write)
 
-        loader = make_loader(train, config.batch_size, self.tokenizer.pad_token_id, shuffle=True,
-                             seed=config.seed + stage, group_by_length=config.group_by_length)
-        steps = num_optimizer_steps(config, len(loader))
+        loader = self.method.train_loader(stage, train)
+        steps = num_optimizer_steps(config, len(loader)) * (len(tasks) if config.max_steps else 1)  # max_steps is per task
         stats = train_stage(self.model, self.dslora, loader, config, steps, self.log_dir / "train_loss.jsonl",
-                            self.device, self.amp_dtype, desc=f"stage {stage + 1}/{len(config.tasks)} {task}",
+                            self.device, self.amp_dtype, desc=f"stage {stage + 1}/{len(self.stages)} {name}",
                             step_offset=sum(s["optimizer_steps"] for s in self.stage_info.values()),
-                            aux_loss=self.slsd.aux_loss, resume=resume, on_step=checkpoint)
-        self.save_stage(stage, task)
-        info = dict(stage=stage, task=task, optimizer_steps=stats.optimizer_steps, tokens=stats.tokens,
+                            aux_loss=self.method.aux_loss, resume=resume, on_step=after_step,
+                            optimizer_factory=self.method.optimizer, loss_fn=self.method.loss)
+        self.method.after_stage(stage, tasks, train)
+        self.save_stage(stage, tasks)
+        info = dict(stage=stage, task=",".join(tasks), optimizer_steps=stats.optimizer_steps, tokens=stats.tokens,
                     skipped_nonfinite=stats.skipped_nonfinite, train_wall_s=round(stats.wall_s, 2),
-                    teacher_wall_s=round(teacher_s, 2), wall_s=round(time.perf_counter() - started, 2),
-                    peak_memory_mb=round(peak_memory_mb(self.device), 1), train_samples=len(train), **probe)
+                    teacher_wall_s=round(setup_s, 2), wall_s=round(time.perf_counter() - started, 2),
+                    peak_memory_mb=round(peak_memory_mb(self.device), 1), train_samples=len(train),
+                    trainable_params=self.method.num_trainable(), **info)
         with (self.log_dir / "stages.jsonl").open("a") as handle:
             handle.write(json.dumps(info) + "\n")
         self.stage_info[stage] = info
 
     # ---- the sequence --------------------------------------------------------------------------------------------
     def run(self) -> dict:
-        config = self.config
         self.evaluate_all(-1, "base")
-        for stage, task in enumerate(config.tasks):
-            done = self.stage_dir(stage, task)
-            if (done / "adapters.safetensors").is_file() and stage in self.stage_info:
-                self.dslora.load(done / "adapters.safetensors")
-                print(f"[resume] stage {stage + 1} ({task}) already trained: loaded {done}")
+        for stage, tasks in enumerate(self.stages):
+            done = self.stage_dir(stage, tasks)
+            if (done / "method_state.pt").is_file() and stage in self.stage_info:
+                self.read_state(done)
+                print(f"[resume] stage {stage + 1} ({self.stage_name(tasks)}) already trained: loaded {done}")
             else:
-                self.train_task(stage, task)
-            self.evaluate_all(stage, Path(task).stem)
+                self.train_stage(stage, tasks)
+            self.evaluate_all(stage, self.stage_name(tasks))
         summary = self.summary()
         (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def summary(self) -> dict:
-        tasks = self.config.tasks
-        matrix = lambda key, stages: [[self.rows[(s, t)].get(key) for t in tasks] for s in stages]  # noqa: E731
-        R, base = matrix("score", range(len(tasks))), [self.rows[(-1, t)]["score"] for t in tasks]
-        return dict(run=self.log_dir.name, tasks=tasks, base_scores=base, R=R,
-                    loss_matrix=matrix("eval_loss", range(len(tasks))), base_losses=matrix("eval_loss", [-1])[0],
-                    format_matrix=matrix("format_rate", range(len(tasks))), **continual_metrics(R, base),
-                    final_scores=dict(zip(tasks, R[-1])), stages=[self.stage_info[s] for s in range(len(tasks))],
+        tasks, stages = self.config.tasks, range(len(self.stages))
+        matrix = lambda key, rows: [[self.rows[(s, t)].get(key) for t in tasks] for s in rows]  # noqa: E731
+        R, base = matrix("score", stages), [self.rows[(-1, t)]["score"] for t in tasks]
+        transfer = continual_metrics(R, base) if len(self.stages) == len(tasks) else dict(
+            AP=sum(R[-1]) / len(tasks), BWT=None, FWT=None, forgetting=None)  # multi-task: one stage, no transfer
+        return dict(run=self.log_dir.name, log_dir=str(self.log_dir), method=self.config.method, tasks=tasks,
+                    stage_names=[self.stage_name(t) for t in self.stages], base_scores=base, R=R,
+                    loss_matrix=matrix("eval_loss", stages), base_losses=matrix("eval_loss", [-1])[0],
+                    format_matrix=matrix("format_rate", stages), **transfer,
+                    final_scores=dict(zip(tasks, R[-1])), stages=[self.stage_info[s] for s in stages],
+                    trainable_params=self.stage_info[len(self.stages) - 1].get("trainable_params"),
+                    peak_memory_mb=max(self.stage_info[s]["peak_memory_mb"] for s in stages),
+                    train_wall_s=round(sum(self.stage_info[s]["wall_s"] for s in stages), 1),
                     fast_mode=self.config.fast_mode, use_slsd=self.config.use_slsd)
 
 
@@ -224,7 +235,7 @@ def format_summary(summary: dict) -> str:
     width = max(10, *(len(t) for t in tasks))
     head = "after stage".ljust(16) + "".join(t.rjust(width + 2) for t in tasks)
     lines = [head, "-" * len(head), "base".ljust(16) + "".join(f"{v:{width + 2}.3f}" for v in summary["base_scores"])]
-    for task, row in zip(tasks, summary["R"]):
+    for task, row in zip(summary.get("stage_names", tasks), summary["R"]):
         lines.append(task.ljust(16) + "".join(f"{v:{width + 2}.3f}" for v in row))
     figures = "  ".join(f"{k} {summary[k]:+.3f}" if summary[k] is not None else f"{k} -"
                         for k in ("AP", "BWT", "FWT", "forgetting"))

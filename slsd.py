@@ -74,6 +74,8 @@ def build_probe_buffer(model, dataset, indices: list[int], config, device: torch
                 feature["input_ids"], feature["labels"], pos.cpu(), topk_logp.half().cpu(),
                 topk_ids.int().cpu(), _tail_logp(topk_logp).half().cpu(), entropy))
     model.train(was_training)
+    if config.probe_selection == "random":  # ablation: the candidates are already a seeded random draw
+        return candidates[:config.probe_size]
     threshold = torch.quantile(torch.tensor([c.entropy for c in candidates]), config.entropy_quantile).item()
     kept = sorted((c for c in candidates if c.entropy <= threshold), key=lambda c: c.entropy)
     return kept[:config.probe_size]
@@ -81,9 +83,10 @@ def build_probe_buffer(model, dataset, indices: list[int], config, device: torch
 
 def kd_loss(model, dslora: DSLoRA, probes: list[ProbeSample], config, device: torch.device,
             amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """λ·T²·KL(teacher ‖ student) on the probes' response tokens; gradient to the slow branch only."""
+    """λ·T²·KL(teacher ‖ student) on the probes' response tokens; gradient to the slow branch only
+    (``kd_branches = both``, an ablation: to the fast branch too)."""
     batch = {k: v.to(device) for k, v in collate([dict(input_ids=p.input_ids, labels=p.labels) for p in probes], 0).items()}
-    with dslora.branches(fast_grad=False), autocast(device, amp_dtype):
+    with dslora.branches(fast_grad=config.kd_branches == "both"), autocast(device, amp_dtype):
         logits = response_logits(model, batch, [p.positions.to(device) for p in probes])
     student, teacher_logp, teacher_tail = [], [], []
     for probe, z in zip(probes, logits):

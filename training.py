@@ -83,16 +83,20 @@ def set_rng_state(state: dict) -> None:
 def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, log_path: Path,
                 device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train", step_offset: int = 0,
                 aux_loss: Callable[[int], torch.Tensor | None] | None = None, resume: dict | None = None,
-                on_step: Callable[[int, Callable[[], dict]], None] | None = None) -> StageStats:
+                on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+                optimizer_factory: Callable[[], torch.optim.Optimizer] | None = None,
+                loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> StageStats:
     """Train for ``total_steps`` optimizer steps; one JSON row per ``log_every`` steps goes to ``log_path``.
 
-    ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own forward
+    ``loss_fn(model, batch)`` is the per-micro-batch loss (default: the supervised loss; a method may add terms that
+    need the batch), and ``optimizer_factory()`` builds the optimizer (default: AdamW over DS-LoRA's slow and fast
+    groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own forward
     pass and decides which parameters its gradient reaches. ``on_step(step, snapshot)`` is called after every step;
     ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly where it was taken:
     optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted;
     ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
     """
-    optimizer = make_optimizer(dslora, config)
+    optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stats, in_row, first_step = StageStats(), 0, 1
@@ -114,13 +118,13 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
             for _ in range(config.grad_accum_steps):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
                 with autocast(device, amp_dtype):
-                    loss = supervised_loss(model, batch)
+                    loss = (loss_fn or supervised_loss)(model, batch)
                 if not torch.isfinite(loss):
                     stats.skipped_nonfinite += 1
                     in_row += 1
                     if in_row >= config.max_nonfinite_in_row:
                         raise NonFiniteLossError(
-                            f"{in_row} non-finite losses in a row at step {step} of {desc}; lower lr_slow/lr_fast, "
+                            f"{in_row} non-finite losses in a row at step {step} of {desc}; lower the learning rates, "
                             f"use --precision fp32, or check the data")
                     continue
                 in_row = 0
@@ -148,8 +152,8 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
             if on_step is not None:
                 on_step(step, lambda: dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                            stats=dataclasses.asdict(stats), rng=rng_state()))
-            bar.set_postfix(loss=f"{stats.last_loss:.4f}", lr_slow=f"{rates['lr_slow']:.1e}",
-                            lr_fast=f"{rates['lr_fast']:.1e}", tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{stats.last_loss:.4f}", **{k: f"{v:.1e}" for k, v in rates.items()},
+                            tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)
     return stats
 

@@ -82,8 +82,28 @@ class Config:
     kd_temperature: float = 2.0  # softmax temperature of teacher and student in the KD loss
     kd_every: int = 10  # add the KD loss every N optimizer steps (CPU-sized: SLSD within 1.15x of a 20-step stage)
     kd_batch_size: int = 2  # probe samples per KD step
+    kd_branches: str = "slow"  # branches the KD loss trains: slow (the method) | both (ablation slsd_both)
+    probe_selection: str = "entropy"  # probe samples kept: entropy (the filter) | random (ablation slsd_random)
     fast_mode: str = "shared"  # shared (one fast branch across tasks) | per_task (a fresh fast branch per task)
     save_every: int = 10  # mid-stage checkpoint (adapters, optimizer, schedule, RNG, data position) every N steps
+
+    # ---- method and baselines (methods/) ---------------------------------------------------------------------
+    method: str = "ds_lora_slsd"  # ds_lora_slsd | an ablation (ds_lora, slsd_both, slsd_random, ds_lora_slsd_per_task) | seq_lora | replay | ewc | lwf | o_lora | gorp | ilora | freeze_only | multitask
+    lr_lora: float = 5e-5  # learning rate of the baselines' LoRA (rank lora_r_slow + lora_r_fast; = lr_fast by default)
+    replay_per_task: int = 8  # replay / ilora: training samples of each finished task kept in the buffer
+    replay_ratio: float = 0.5  # replay / ilora: share of every batch drawn from the buffer once it holds samples
+    ewc_lambda: float = 1000.0  # EWC: weight λ of the penalty (λ/2)·Σ F·(θ − θ*)²
+    ewc_batches: int = 4  # EWC: batches of a finished task used to estimate its diagonal Fisher
+    lwf_lambda: float = 1.0  # LwF: weight of the distillation from the previous stage's model
+    lwf_temperature: float = 2.0  # LwF: softmax temperature of that distillation
+    olora_lambda_orth: float = 0.5  # O-LoRA: λ1 of the orthogonality term Σ|A_old·A_newᵀ| (the paper's 0.5)
+    olora_lambda_l2: float = 0.0  # O-LoRA: λ2 of ‖new LoRA‖² (the paper's 0 for most orders)
+    gorp_rank: int = 8  # GORP: rank of the gradient projection of the full-rank weights
+    gorp_update_proj_gap: int = 10  # GORP: steps between refreshes of the projection (SVD of the gradient)
+    gorp_scale: float = 0.25  # GORP: scale of the projected full-rank update (GaLore's alpha)
+    gorp_lr: float = 1e-5  # GORP: learning rate of the full-rank weights (the LoRA uses lr_lora)
+    ilora_ema: float = 0.99  # I-LoRA: slow ← ema·slow + (1 − ema)·fast after every step
+    ilora_lambda: float = 1.0  # I-LoRA: weight of the hidden-state consistency loss on replayed samples
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value is out of range."""
@@ -110,12 +130,31 @@ class Config:
             ("kd_batch_size", self.kd_batch_size >= 1, "must be >= 1"),
             ("save_every", self.save_every >= 0, "must be >= 0"),
             ("fast_mode", self.fast_mode in ("shared", "per_task"), "must be shared or per_task"),
+            ("kd_branches", self.kd_branches in ("slow", "both"), "must be slow or both"),
+            ("probe_selection", self.probe_selection in ("entropy", "random"), "must be entropy or random"),
+            ("method", self.method in METHOD_NAMES, f"must be one of {', '.join(METHOD_NAMES)}"),
+            ("replay_ratio", 0 <= self.replay_ratio < 1, "must be in [0, 1)"),
+            ("ilora_ema", 0 <= self.ilora_ema < 1, "must be in [0, 1)"),
+            ("gorp_rank", self.gorp_rank >= 1, "must be >= 1"),
+            ("gorp_update_proj_gap", self.gorp_update_proj_gap >= 1, "must be >= 1"),
+            ("ewc_batches", self.ewc_batches >= 1, "must be >= 1"),
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"config field '{name}' {rule}, got {getattr(self, name)!r}")
 
+
+# --method names that are DS-LoRA + SLSD with some fields changed (the ablations); these fields win over every layer.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "ds_lora_slsd": {},
+    "ds_lora": dict(use_slsd=False),  # plain DS-LoRA: no distillation
+    "slsd_both": dict(kd_branches="both"),  # KD reaches the fast branch too
+    "slsd_random": dict(probe_selection="random"),  # random probe samples instead of the entropy filter
+    "ds_lora_slsd_per_task": dict(fast_mode="per_task"),  # a fresh fast branch per task
+}
+BASELINES = ["seq_lora", "replay", "ewc", "lwf", "o_lora", "gorp", "ilora", "freeze_only", "multitask"]
+METHOD_NAMES = list(ABLATIONS) + BASELINES
 
 # Named presets: overrides applied on top of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -124,7 +163,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
     "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=512,
                   max_train_samples=16, max_eval_samples=4, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
-                  warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True),
+                  warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True,
+                  lr_lora=5e-3, gorp_lr=1e-3, replay_per_task=4, ewc_batches=2, gorp_update_proj_gap=2),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,
@@ -227,6 +267,8 @@ def build_config(preset: str = "default", config_file: str | None = None, overri
             _check_name(name, where)
             values[name] = coerce(name, value, kinds[name])
     config = Config(**values)
+    for name, value in ABLATIONS.get(config.method, {}).items():
+        setattr(config, name, value)
     config.validate()
     return config
 

@@ -8,6 +8,10 @@ where W0 is frozen, the *slow* branch is shared by every task and trained with a
 memory) and the *fast* branch is task-specific and trained with a large one (quick adaptation). Each layer may
 hold several named fast branches (one per task); one of them is active at a time.
 
+Baselines reuse the layer: ``r_slow = 0`` gives no slow branch (a plain LoRA is then the fast branch alone), and
+``fast_combine = "sum"`` adds every fast branch instead of the active one (O-LoRA / GORP inference: a LoRA per task,
+all summed, no task id).
+
 Forward cost: PEFT with two adapters runs two dropouts and four small matmuls. Here one dropout mask is shared and
 the active branches are concatenated, A = [A_s; A_f], B = [(α/r_s)·B_s, (α/r_f)·B_f], so the adapter costs one pair
 of matmuls (the same as one LoRA of rank r_s + r_f) while slow and fast stay separate parameters with their own
@@ -61,16 +65,19 @@ class DualSpeedLinear(nn.Module):
 
     ``use_slow`` / ``use_fast`` switch a branch off; ``fast_requires_grad = False`` keeps the fast branch in the
     forward pass but outside the autograd graph (used so that a distillation loss reaches only the slow branch).
+    ``r_slow = 0``: no slow branch. ``fast_combine = "sum"``: every fast branch is added, not just the active one.
     """
 
-    def __init__(self, base: nn.Module, r_slow: int, r_fast: int, alpha: float, dropout: float):
+    def __init__(self, base: nn.Module, r_slow: int, r_fast: int, alpha: float, dropout: float,
+                 fast_combine: str = "active"):
         super().__init__()
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
         self.in_features, self.out_features = _in_out_features(base)
         self.r_fast, self.alpha = r_fast, alpha
-        self.slow = LoRABranch(self.in_features, self.out_features, r_slow, alpha)
+        self.slow = LoRABranch(self.in_features, self.out_features, r_slow, alpha) if r_slow > 0 else None
+        self.fast_combine = fast_combine
         self.fast = nn.ModuleDict({SHARED_FAST: LoRABranch(self.in_features, self.out_features, r_fast, alpha)})
         self.active_fast = SHARED_FAST
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -82,19 +89,21 @@ class DualSpeedLinear(nn.Module):
     def add_fast(self, name: str) -> None:
         """Create fast branch ``name`` (zero ΔW) and make it the active one."""
         if name not in self.fast:
-            ref = self.slow.lora_A
+            ref = self.fast[SHARED_FAST].lora_A
             self.fast[name] = LoRABranch(self.in_features, self.out_features, self.r_fast, self.alpha).to(ref.device)
         self.active_fast = name
 
     def active_branches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(A, scaled B) of every branch in use, fast detached when ``fast_requires_grad`` is off."""
         pairs = []
-        if self.use_slow:
+        if self.use_slow and self.slow is not None:
             pairs.append((self.slow.lora_A, self.slow.lora_B * self.slow.scaling))
-        if self.use_fast and self.active_fast is not None:
-            fast = self.fast[self.active_fast]
-            a, b = fast.lora_A, fast.lora_B * fast.scaling
-            pairs.append((a, b) if self.fast_requires_grad else (a.detach(), b.detach()))
+        if self.use_fast:
+            names = list(self.fast) if self.fast_combine == "sum" else [self.active_fast]
+            for name in names:
+                fast = self.fast[name]
+                a, b = fast.lora_A, fast.lora_B * fast.scaling
+                pairs.append((a, b) if self.fast_requires_grad else (a.detach(), b.detach()))
         return pairs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +120,7 @@ class DualSpeedLinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW_slow + ΔW_fast of the branches in use, in the base weight's own layout."""
-        delta = torch.zeros(self.out_features, self.in_features, device=self.slow.lora_A.device)
+        delta = torch.zeros(self.out_features, self.in_features, device=self.base.weight.device)
         for a, b in self.active_branches():
             delta = delta + b @ a
         return delta if isinstance(self.base, nn.Linear) else delta.t()
@@ -155,10 +164,10 @@ class DSLoRA:
 
     def __init__(self, model: nn.Module, r_slow: int = 8, r_fast: int = 8, alpha: float = 16.0,
                  dropout: float = 0.05, target_modules: list[str] | tuple[str, ...] = ("all-linear",),
-                 frozen_layers: float = 0.5):
+                 frozen_layers: float = 0.5, fast_combine: str = "active"):
         self.model = model
         self.settings = dict(r_slow=r_slow, r_fast=r_fast, alpha=alpha, dropout=dropout,
-                             target_modules=list(target_modules), frozen_layers=frozen_layers)
+                             target_modules=list(target_modules), frozen_layers=frozen_layers, fast_combine=fast_combine)
         for p in model.parameters():
             p.requires_grad_(False)  # W0 frozen everywhere
         self.layers_path, blocks = find_decoder_layers(model)
@@ -171,7 +180,7 @@ class DSLoRA:
             for child_name, child in list(block.named_modules()):
                 short = child_name.rsplit(".", 1)[-1]
                 if isinstance(child, (nn.Linear, Conv1D)) and (all_linear or short in target_modules):
-                    wrapped = DualSpeedLinear(child, r_slow, r_fast, alpha, dropout).to(child.weight.device)
+                    wrapped = DualSpeedLinear(child, r_slow, r_fast, alpha, dropout, fast_combine).to(child.weight.device)
                     parent = block.get_submodule(child_name.rsplit(".", 1)[0]) if "." in child_name else block
                     setattr(parent, short, wrapped)
                     self.modules[f"{self.layers_path}.{index}.{child_name}"] = wrapped
@@ -192,13 +201,13 @@ class DSLoRA:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads(handle.metadata()["ds_lora"])
         dslora = cls(model, meta["r_slow"], meta["r_fast"], meta["alpha"], meta["dropout"], meta["target_modules"],
-                     meta["frozen_layers"])
+                     meta["frozen_layers"], meta.get("fast_combine", "active"))
         dslora.load(path)
         return dslora
 
     # ---- parameters ----------------------------------------------------------------------------------------------
     def slow_parameters(self) -> list[nn.Parameter]:
-        return [p for m in self.modules.values() for p in m.slow.parameters()]
+        return [p for m in self.modules.values() if m.slow is not None for p in m.slow.parameters()]
 
     def fast_parameters(self, name: str | None = None) -> list[nn.Parameter]:
         """Parameters of fast branch ``name`` (default: the active one)."""
@@ -214,12 +223,14 @@ class DSLoRA:
         return list(next(iter(self.modules.values())).fast.keys())
 
     def param_groups(self, lr_slow: float, lr_fast: float, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer groups: the slow branch at ``lr_slow``, the active fast branch at ``lr_fast``; the rest frozen."""
+        """Optimizer groups: the slow branch at ``lr_slow``, the active fast branch at ``lr_fast``; the rest frozen.
+        A model without a slow branch has the fast group only."""
         for name in self.fast_names:
             for p in self.fast_parameters(name):
                 p.requires_grad_(name == self.active_fast)
-        return [dict(params=self.slow_parameters(), lr=lr_slow, weight_decay=weight_decay, name="slow"),
-                dict(params=self.fast_parameters(), lr=lr_fast, weight_decay=weight_decay, name="fast")]
+        groups = [dict(params=self.slow_parameters(), lr=lr_slow, weight_decay=weight_decay, name="slow"),
+                  dict(params=self.fast_parameters(), lr=lr_fast, weight_decay=weight_decay, name="fast")]
+        return [g for g in groups if g["params"]]
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.slow_parameters() + self.fast_parameters())
@@ -271,12 +282,24 @@ class DSLoRA:
             for name, m in self.modules.items():
                 m.base.weight.data, m.merged = originals[name], False
 
+    @contextmanager
+    def swapped(self, state: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Temporarily load adapter tensors ``state`` (as from ``adapter_state``), e.g. a previous stage's model as
+        a teacher without copying the model; the current values come back afterwards."""
+        current = self.adapter_state()
+        self.load_state(state)
+        try:
+            yield
+        finally:
+            self.load_state(current)
+
     # ---- save / load ---------------------------------------------------------------------------------------------
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Every LoRA tensor (slow and all fast branches), keyed by full module name."""
         state = {}
         for name, m in self.modules.items():
-            state[f"{name}.slow.lora_A"], state[f"{name}.slow.lora_B"] = m.slow.lora_A, m.slow.lora_B
+            if m.slow is not None:
+                state[f"{name}.slow.lora_A"], state[f"{name}.slow.lora_B"] = m.slow.lora_A, m.slow.lora_B
             for fast_name, fast in m.fast.items():
                 state[f"{name}.fast.{fast_name}.lora_A"] = fast.lora_A
                 state[f"{name}.fast.{fast_name}.lora_B"] = fast.lora_B
@@ -296,7 +319,9 @@ class DSLoRA:
         """Copy tensors keyed as in ``adapter_state`` into the existing branches."""
         with torch.no_grad():
             for name, m in self.modules.items():
-                branches = {"slow": m.slow, **{f"fast.{k}": v for k, v in m.fast.items()}}
+                branches = {f"fast.{k}": v for k, v in m.fast.items()}
+                if m.slow is not None:
+                    branches["slow"] = m.slow
                 for prefix, branch in branches.items():
                     branch.lora_A.copy_(tensors[f"{name}.{prefix}.lora_A"])
                     branch.lora_B.copy_(tensors[f"{name}.{prefix}.lora_B"])

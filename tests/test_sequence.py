@@ -20,7 +20,7 @@ def data_dir(small_data, monkeypatch):
     monkeypatch.setitem(PRESETS["smoke"], "data_dir", str(small_data))
 
 
-def args(tmp_path, name, *extra):
+def run_args(tmp_path, name, *extra):
     return [*SHORT, "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt"),
             "--run_name", name, *extra]
 
@@ -49,8 +49,12 @@ def test_whole_default_sequence_on_the_smoke_preset(tmp_path):
         assert (log / figure).stat().st_size > 1000
 
 
-def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    reference = train_slsd_seq.main(args(tmp_path, "straight"))
+@pytest.mark.parametrize("method", ["ds_lora_slsd", "ewc", "gorp", "ilora"])  # and the state each carries
+def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+    def args(name: str) -> list[str]:
+        return run_args(tmp_path, name, "--method", method)
+
+    reference = train_slsd_seq.main(args("straight"))
 
     # 1. interrupted at a stage boundary: stage 1 trained and saved, its evaluation never ran
     original_eval = sequential.Sequence.evaluate_all
@@ -62,9 +66,9 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkey
 
     monkeypatch.setattr(sequential.Sequence, "evaluate_all", stop_after_first_stage)
     with pytest.raises(KeyboardInterrupt):
-        train_slsd_seq.main(args(tmp_path, "boundary"))
+        train_slsd_seq.main(args("boundary"))
     monkeypatch.setattr(sequential.Sequence, "evaluate_all", original_eval)
-    resumed = train_slsd_seq.main(args(tmp_path, "boundary"))
+    resumed = train_slsd_seq.main(args("boundary"))
 
     # 2. interrupted mid-stage: stage 2 stops after step 5 (its last checkpoint is step 4)
     original_train = sequential.train_stage
@@ -81,10 +85,10 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkey
 
     monkeypatch.setattr(sequential, "train_stage", crash_in_stage_2)
     with pytest.raises(KeyboardInterrupt):
-        train_slsd_seq.main(args(tmp_path, "midstage"))
+        train_slsd_seq.main(args("midstage"))
     assert (tmp_path / "ckpt" / "midstage" / "stage_1_T1_general.partial" / "trainer_state.pt").is_file()
     monkeypatch.setattr(sequential, "train_stage", original_train)
-    mid = train_slsd_seq.main(args(tmp_path, "midstage"))
+    mid = train_slsd_seq.main(args("midstage"))
 
     for other, name in ((resumed, "boundary"), (mid, "midstage")):
         assert other["R"] == reference["R"] and other["loss_matrix"] == reference["loss_matrix"]
@@ -94,20 +98,20 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkey
 
 
 def test_rerun_skips_finished_stages_and_a_changed_config_is_refused(tmp_path, capsys):
-    train_slsd_seq.main(args(tmp_path, "guarded"))
+    train_slsd_seq.main(run_args(tmp_path, "guarded"))
     steps_before = (tmp_path / "logs" / "guarded" / "train_loss.jsonl").read_text()
-    train_slsd_seq.main(args(tmp_path, "guarded"))  # everything done: nothing retrained
+    train_slsd_seq.main(run_args(tmp_path, "guarded"))  # everything done: nothing retrained
     assert (tmp_path / "logs" / "guarded" / "train_loss.jsonl").read_text() == steps_before
     with pytest.raises(SystemExit) as exit_info:
-        train_slsd_seq.main(args(tmp_path, "guarded", "--lr_fast", "0.01"))
+        train_slsd_seq.main(run_args(tmp_path, "guarded", "--lr_fast", "0.01"))
     assert exit_info.value.code == 2 and "different config" in capsys.readouterr().err
-    summary = train_slsd_seq.main(args(tmp_path, "guarded", "--lr_fast", "0.01", "--overwrite"))
+    summary = train_slsd_seq.main(run_args(tmp_path, "guarded", "--lr_fast", "0.01", "--overwrite"))
     assert json.loads((tmp_path / "logs" / "guarded" / "config.json").read_text())["lr_fast"] == 0.01
     assert len(summary["R"]) == 2
 
 
 def test_per_task_fast_branches_are_kept_and_used_for_their_task(tmp_path):
-    train_slsd_seq.main(args(tmp_path, "pertask", "--fast_mode", "per_task", "--use_slsd", "false"))
+    train_slsd_seq.main(run_args(tmp_path, "pertask", "--fast_mode", "per_task", "--use_slsd", "false"))
     saved = load_file(str(tmp_path / "ckpt" / "pertask" / "stage_1_T1_general" / "adapters.safetensors"))
     assert any(".fast.T2_math." in k for k in saved) and any(".fast.T1_general." in k for k in saved)
     first = load_file(str(tmp_path / "ckpt" / "pertask" / "stage_0_T2_math" / "adapters.safetensors"))

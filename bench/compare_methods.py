@@ -1,0 +1,113 @@
+"""Side-by-side comparison of methods × seeds on the same task sequence, model and step budget.
+
+    python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44]
+                                    [--name NAME] [--preset default] [--<config field> value ...]
+
+Every (method, seed) is one run of the sequential engine (logs/cmp_<name>_<method>_s<seed>/); a finished run is
+reused, an interrupted one resumes. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT, forgetting and
+the final per-task scores (mean ± std over seeds), trainable parameters, training wall time and peak memory, and
+bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs).
+
+Budgets on 2 CPU cores with the embedded model (each overridable on the command line):
+  default  every method, 3 seeds, 5 tasks, 10 steps per task, 4 samples per task and evaluation  (a few hours)
+  --quick  every method, 1 seed, T1_general -> T2_math, 4 steps per task, 3 samples, 24 new tokens (< 30 minutes)
+The last line is JSON (the table's figures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs.base_config import METHOD_NAMES, parse_overrides  # noqa: E402
+from plot_loss import plot_comparison  # noqa: E402
+import train_slsd_seq  # noqa: E402
+
+BUDGETS = {
+    "full": dict(max_steps="10", max_eval_samples="4", max_new_tokens="32"),
+    "quick": dict(tasks="T1_general,T2_math", max_steps="4", max_eval_samples="3", max_new_tokens="24"),
+}
+METRICS = ("AP", "BWT", "FWT", "forgetting")
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell(pair: tuple[float | None, float | None]) -> str:
+    mean, std = pair
+    return "–" if mean is None else f"{mean:+.3f} ± {std:.3f}" if mean < 0 else f"{mean:.3f} ± {std:.3f}"
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    tasks = summaries[0]["tasks"]
+    return dict(seeds=len(summaries), **{k: mean_std([s[k] for s in summaries]) for k in METRICS},
+                final_scores={t: mean_std([s["final_scores"][t] for s in summaries]) for t in tasks},
+                trainable_params=summaries[0]["trainable_params"],
+                train_wall_s=mean_std([s["train_wall_s"] for s in summaries]),
+                peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
+
+
+def markdown(name: str, command: str, table: dict[str, dict], tasks: list[str]) -> str:
+    head = ["method", *METRICS, *tasks, "trainable params", "train wall s", "peak MB"]
+    lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
+             "Mean ± std over seeds; scores are the task metrics (0–1) after the last stage.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, row in table.items():
+        cells = [method, *(cell(row[k]) for k in METRICS), *(cell(row["final_scores"][t]) for t in tasks),
+                 f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the < 30 minute budget (see above)")
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated --method names")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 42,43,44; --quick: 42)")
+    parser.add_argument("--name", default=None, help="results name (default: quick or default)")
+    parser.add_argument("--preset", default="default")
+    args, rest = parser.parse_known_args(argv)
+    budget = dict(BUDGETS["quick" if args.quick else "full"], **parse_overrides(rest))
+    seeds = (args.seeds or ("42" if args.quick else "42,43,44")).split(",")
+    name = args.name or ("quick" if args.quick else "default")
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]} (choose from {', '.join(METHOD_NAMES)})")
+    started = time.perf_counter()
+    runs: dict[str, list[Path]] = {m: [] for m in methods}
+    summaries: dict[str, list[dict]] = {m: [] for m in methods}
+    for method in methods:
+        for seed in seeds:
+            run = f"cmp_{name}_{method}_s{seed}"
+            fields = dict(budget, method=method, seed=seed, run_name=run)
+            argv_run = ["--preset", args.preset, "--no_plots", *[a for k, v in fields.items() for a in (f"--{k}", v)]]
+            print(f"[compare] {method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}", flush=True)
+            summary = train_slsd_seq.main(argv_run)
+            summaries[method].append(summary)
+            runs[method].append(Path(summary["log_dir"]))
+    table = {m: aggregate(s) for m, s in summaries.items()}
+    tasks = next(iter(summaries.values()))[0]["tasks"]
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    command = "python bench/compare_methods.py" + (" --quick" if args.quick else "") + (f" --name {name}" if args.name else "")
+    (out / f"{name}.md").write_text(markdown(name, command, table, tasks))
+    (out / f"{name}.json").write_text(json.dumps(dict(name=name, budget=budget, seeds=seeds, table=table), indent=2) + "\n")
+    plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png")
+    print(markdown(name, command, table, tasks))
+    result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
+                  AP={m: row["AP"][0] for m, row in table.items()}, BWT={m: row["BWT"][0] for m, row in table.items()})
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""DS-LoRA (+ SLSD): the toolkit's method and its ablations.
+
+    W = W0 + (α/r_s)·B_s A_s + (α/r_f)·B_f A_f   on the upper layers; the lower ones frozen, without adapters
+    L = CE(slow + fast)  +  every kd_every steps  λ·T²·KL(teacher ‖ student) on the probe buffer, into slow only
+
+``fast_mode = per_task`` gives each task a fresh fast branch (earlier ones kept frozen; task t is evaluated with
+slow + fast_t). Ablations, chosen with ``--method``: ``ds_lora`` (no SLSD), ``slsd_both`` (KD also trains the fast
+branch), ``slsd_random`` (random probe samples instead of the entropy filter), ``ds_lora_slsd_per_task``.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from methods.base import Method
+from models.ds_lora import DSLoRA
+from slsd import SLSD
+
+
+class DualSpeed(Method):
+    name = "ds_lora_slsd"
+
+    def __init__(self, model, tokenizer, config, device, amp_dtype):
+        super().__init__(model, tokenizer, config, device, amp_dtype)
+        self.slsd = SLSD(model, self.dslora, config, device, amp_dtype)
+
+    def install(self) -> DSLoRA:
+        return DSLoRA.from_config(self.model, self.config)
+
+    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
+        super().before_stage(stage, tasks, dataset)
+        info = self.slsd.before_stage(stage, dataset)  # the teacher: the model as the previous stage left it
+        if self.config.fast_mode == "per_task":
+            self.dslora.add_fast(Path(tasks[0]).stem)
+        return info
+
+    def aux_loss(self, step: int) -> torch.Tensor | None:
+        return self.slsd.aux_loss(step)
+
+    def eval_key(self, task: str) -> str:
+        """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise with the active branch."""
+        stem = Path(task).stem
+        if self.config.fast_mode == "per_task" and stem in self.dslora.fast_names:
+            return stem
+        return self.dslora.active_fast
+
+    @contextmanager
+    def inference(self, key: str) -> Iterator[None]:
+        active = self.dslora.active_fast
+        self.dslora.set_active_fast(key)
+        try:
+            with super().inference(key):
+                yield
+        finally:
+            self.dslora.set_active_fast(active)
