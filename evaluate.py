@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     device = pick_device(config)
     amp_dtype = autocast_dtype(config, device)
     tokenizer = load_tokenizer(config)
-    model = load_model(config).to(device)
+    model = load_model(config, device)
     dslora = None
     if args.checkpoint:
         path = Path(args.checkpoint)

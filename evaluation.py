@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from distributed import gather_indexed, shard
 from metrics import MAX_NEW_TOKENS, score_sample
 from training import autocast, response_positions
 from utils_data import IGNORE_INDEX, render, tokenize_messages
@@ -123,41 +124,42 @@ def summarise(records: list[dict], results: list[dict]) -> dict:
 
 
 def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config, device: torch.device,
-                   amp_dtype: torch.dtype | None, label: str) -> dict[str, tuple[dict, list[dict]]]:
+                   amp_dtype: torch.dtype | None, label: str, accelerator=None) -> dict[str, tuple[dict, list[dict]]]:
     """Score several tasks' records with the model as it is: {task: (summary with score, format_rate, eval_loss,
     ...; per-sample rows)}.
 
     The prompts of all tasks that share a generation budget go through one length-sorted ``generate`` call, so short
-    prompts of different tasks share batches (fewer decoding passes than task by task).
+    prompts of different tasks share batches (fewer decoding passes than task by task). With several processes each
+    one generates and scores its share of the samples; the shares are gathered before the summaries.
     """
     budgets = {task: config.max_new_tokens or MAX_NEW_TOKENS.get(records[0].get("metric", "exact_match"), 256)
                for task, records in task_records.items()}
     prompts = {task: [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
                for task, records in task_records.items()}
-    outputs: dict[str, list[str]] = {}
-    losses: dict[str, list[tuple[float, int]]] = {}
+    per_sample: dict[str, list[tuple[str, tuple[float, int], dict]]] = {}  # task -> (output, (nll, tokens), scores)
     for budget in sorted(set(budgets.values())):
         group = [task for task in task_records if budgets[task] == budget]
-        flat = [p for task in group for p in prompts[task]]
+        items = [(task, r, p) for task in group for r, p in zip(task_records[task], prompts[task])]
+        mine = shard(items, accelerator)
         references = [reference_for(tokenizer, r, tokenizer(p, add_special_tokens=False)["input_ids"], config.max_seq_len)
-                      for task in group for r, p in zip(task_records[task], prompts[task])]
-        generated, nll = generate(model, tokenizer, flat, budget, config.eval_batch_size, device, amp_dtype,
-                                  desc=f"generate {label} ({len(group)} tasks)", references=references)
-        for task in group:
-            n = len(prompts[task])
-            outputs[task], generated = generated[:n], generated[n:]
-            losses[task], nll = nll[:n], nll[n:]
+                      for _, (_, r, p) in mine]
+        generated, nll = generate(model, tokenizer, [p for _, (_, _, p) in mine], budget, config.eval_batch_size,
+                                  device, amp_dtype, desc=f"generate {label} ({len(group)} tasks)", references=references)
+        scored = [(index, (out, loss, score_sample(r, out)))
+                  for (index, (_, r, _)), out, loss in zip(mine, generated, nll)]
+        for (task, _, _), result in zip(items, gather_indexed(scored, accelerator)):
+            per_sample.setdefault(task, []).append(result)
     results = {}
     for task, records in task_records.items():
-        scored = [score_sample(r, out) for r, out in zip(records, outputs[task])]
-        summary = summarise(records, scored)
+        outputs, losses, scored = zip(*per_sample[task])
+        summary = summarise(records, list(scored))
         summary["format_rate"] = summary.pop("format_ok", 0.0)
         # Eval loss: token-weighted mean NLL of the references' supervised tokens (those within max_seq_len).
-        total, count = sum(t for t, _ in losses[task]), sum(c for _, c in losses[task])
+        total, count = sum(t for t, _ in losses), sum(c for _, c in losses)
         summary["eval_loss"] = total / count if count else None
-        summary.update(samples=len(records), loss_samples=sum(c > 0 for _, c in losses[task]),
+        summary.update(samples=len(records), loss_samples=sum(c > 0 for _, c in losses),
                        metric=records[0].get("metric", "exact_match"), max_new_tokens=budgets[task])
         rows = [dict(id=r.get("id"), prompt=p, output=o, **res)
-                for r, p, o, res in zip(records, prompts[task], outputs[task], scored)]
+                for r, p, o, res in zip(records, prompts[task], outputs, scored)]
         results[task] = (summary, rows)
     return results

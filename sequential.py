@@ -28,6 +28,7 @@ from transformers import set_seed
 
 from cl_metrics import continual_metrics
 from configs.base_config import Config, save_config
+from distributed import make_accelerator, tracker_config
 from evaluation import evaluate_tasks
 from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
@@ -47,7 +48,9 @@ def run_name(config: Config) -> str:
     return f"seq_{config.method}_{digest}"
 
 
-def prepare_run(config: Config, overwrite: bool) -> tuple[Path, Path]:
+def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:
+    """The run's folders; refuses (every process) a run of another config unless ``overwrite``; the main process
+    replaces it and saves the config."""
     run = run_name(config)
     log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
     saved = log_dir / "config.json"
@@ -55,10 +58,12 @@ def prepare_run(config: Config, overwrite: bool) -> tuple[Path, Path]:
         if not overwrite:
             raise RunConflictError(f"{log_dir} holds a run with a different config; use --overwrite to replace it "
                                    f"or choose another --run_name")
-        shutil.rmtree(log_dir)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, saved)
+        if main:
+            shutil.rmtree(log_dir)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if main:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, saved)
     return log_dir, ckpt_dir
 
 
@@ -83,17 +88,23 @@ class Sequence:
 
     def __init__(self, config: Config, overwrite: bool = False):
         self.config = config
-        self.log_dir, self.ckpt_dir = prepare_run(config, overwrite)
-        set_seed(config.seed)
         self.device = pick_device(config)
+        self.accelerator = make_accelerator(config, self.device, config.log_dir)
+        self.device = self.accelerator.device  # with several processes: this process's GPU
+        self.main = self.accelerator.is_main_process
+        self.log_dir, self.ckpt_dir = prepare_run(config, overwrite, self.main)
+        self.accelerator.wait_for_everyone()
+        set_seed(config.seed)
         self.amp_dtype = autocast_dtype(config, self.device)
         self.tokenizer = load_tokenizer(config)
-        self.model = load_model(config).to(self.device)
+        self.model = load_model(config, self.device)
         self.method = make_method(self.model, self.tokenizer, config, self.device, self.amp_dtype)
         self.dslora = self.method.dslora
         self.stages = self.method.stages(config.tasks)
         self.eval_path = self.log_dir / "eval.jsonl"
         self.rows = {(r["stage"], r["task"]): r for r in read_rows(self.eval_path)}
+        if self.main and config.report_to != "none":
+            self.accelerator.init_trackers(self.log_dir.name, config=tracker_config(config))
         self.stage_info = {r["stage"]: r for r in read_rows(self.log_dir / "stages.jsonl")}
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
@@ -109,14 +120,19 @@ class Sequence:
                                         self.config.skip_bad_lines, self.config.max_eval_samples)[0] for task in group}
             with self.method.inference(key):
                 results = evaluate_tasks(self.model, self.tokenizer, records, self.config, self.device,
-                                         self.amp_dtype, label)
+                                         self.amp_dtype, label, self.accelerator)
             for task, (summary, samples) in results.items():
                 row = dict(stage=stage, stage_name=label, task=task, **summary)
+                self.rows[(stage, task)] = row
+                if not self.main:
+                    continue
                 with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task}.jsonl").open("w") as handle:
                     handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
                 with self.eval_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
-                self.rows[(stage, task)] = row
+                if self.accelerator.trackers:
+                    self.accelerator.log({f"eval/{task}/{k}": v for k, v in summary.items()
+                                          if isinstance(v, (int, float)) and v is not None}, step=stage + 1)
 
     # ---- one stage -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -144,8 +160,10 @@ class Sequence:
             if self.config.export_peft:
                 self.dslora.export_peft(folder / "peft", resolve_model_path(self.config.model_name, self.config.model_cache_dir))
 
-        atomic_dir(self.stage_dir(stage, tasks), write)
-        shutil.rmtree(self.partial_dir(stage, tasks), ignore_errors=True)
+        if self.main:
+            atomic_dir(self.stage_dir(stage, tasks), write)
+            shutil.rmtree(self.partial_dir(stage, tasks), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def stage_dataset(self, tasks: list[str]) -> SFTDataset:
         """The training split of the stage's tasks (several for multi-task: their union)."""
@@ -172,7 +190,7 @@ class Sequence:
 
         def after_step(step: int, snapshot) -> None:
             self.method.after_step(step)
-            if config.save_every and step % config.save_every == 0:
+            if config.save_every and step % config.save_every == 0 and self.main:
                 def write(folder: Path) -> None:
                     self.write_state(folder)
                     torch.save(snapshot(), folder / "trainer_state.pt")
@@ -185,16 +203,18 @@ class Sequence:
                             self.device, self.amp_dtype, desc=f"stage {stage + 1}/{len(self.stages)} {name}",
                             step_offset=sum(s["optimizer_steps"] for s in self.stage_info.values()),
                             aux_loss=self.method.aux_loss, resume=resume, on_step=after_step,
-                            optimizer_factory=self.method.optimizer, loss_fn=self.method.loss)
+                            optimizer_factory=self.method.optimizer, loss_fn=self.method.loss,
+                            accelerator=self.accelerator)
         self.method.after_stage(stage, tasks, train)
         self.save_stage(stage, tasks)
         info = dict(stage=stage, task=",".join(tasks), optimizer_steps=stats.optimizer_steps, tokens=stats.tokens,
                     skipped_nonfinite=stats.skipped_nonfinite, train_wall_s=round(stats.wall_s, 2),
                     teacher_wall_s=round(setup_s, 2), wall_s=round(time.perf_counter() - started, 2),
                     peak_memory_mb=round(peak_memory_mb(self.device), 1), train_samples=len(train),
-                    trainable_params=self.method.num_trainable(), **info)
-        with (self.log_dir / "stages.jsonl").open("a") as handle:
-            handle.write(json.dumps(info) + "\n")
+                    trainable_params=self.method.num_trainable(), processes=self.accelerator.num_processes, **info)
+        if self.main:
+            with (self.log_dir / "stages.jsonl").open("a") as handle:
+                handle.write(json.dumps(info) + "\n")
         self.stage_info[stage] = info
 
     # ---- the sequence --------------------------------------------------------------------------------------------
@@ -209,7 +229,9 @@ class Sequence:
                 self.train_stage(stage, tasks)
             self.evaluate_all(stage, self.stage_name(tasks))
         summary = self.summary()
-        (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.main:
+            (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.accelerator.end_training()
         return summary
 
     def summary(self) -> dict:

@@ -2,6 +2,7 @@
 
     python train_single_task.py --task T2_math [--preset smoke] [--config my.yaml] [--lr_fast 1e-4 ...]
     python train_single_task.py --task path/to/train.jsonl      # val.jsonl beside it, or a 10% hold-out
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train_single_task.py --task T2_math --device cpu   (2 processes)
 
 Writes logs/<run>/{config.json,train_loss.jsonl,eval.json} and checkpoints/<run>/{adapters.safetensors,peft/}.
 """
@@ -12,9 +13,11 @@ import json
 import time
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
 from configs.base_config import add_config_arguments, field_help, parse_config, save_config
+from distributed import make_accelerator, tracker_config
 from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import eval_loss, num_optimizer_steps, train_stage
@@ -49,16 +52,20 @@ def main(argv: list[str] | None = None) -> dict:
     task_path = Path(args.task)
     task_name = args.task if not args.task.endswith(".jsonl") else (
         task_path.parent.name if task_path.stem in ("train", "val", "test") else task_path.stem)
-    run = config.run_name or f"single_{task_name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    accelerator = make_accelerator(config, pick_device(config), config.log_dir)
+    device, main = accelerator.device, accelerator.is_main_process
+    run = config.run_name or broadcast_object_list([f"single_{task_name}_{time.strftime('%Y%m%d-%H%M%S')}"])[0]
     log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
-    log_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, log_dir / "config.json")
-    (log_dir / "train_loss.jsonl").unlink(missing_ok=True)
-
-    device = pick_device(config)
+    if main:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, log_dir / "config.json")
+        (log_dir / "train_loss.jsonl").unlink(missing_ok=True)
+        if config.report_to != "none":
+            accelerator.init_trackers(run, config=tracker_config(config))
+    accelerator.wait_for_everyone()
     amp_dtype = autocast_dtype(config, device)
     tokenizer = load_tokenizer(config)
-    model = load_model(config).to(device)
+    model = load_model(config, device)
     dslora = DSLoRA.from_config(model, config)
     print(f"[model] {type(model).__name__}: {dslora.num_layers} layers, lower {dslora.num_frozen} frozen without LoRA, "
           f"{len(dslora.modules)} DS-LoRA layers, {dslora.num_trainable():,} trainable parameters")
@@ -71,16 +78,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     loss_before = eval_loss(model, val_loader, device, amp_dtype, desc="eval (before)")
     stats = train_stage(model, dslora, train_loader, config, total_steps, log_dir / "train_loss.jsonl", device,
-                        amp_dtype, desc=f"train {task_name}")
+                        amp_dtype, desc=f"train {task_name}", accelerator=accelerator)
     loss_after = eval_loss(model, val_loader, device, amp_dtype, desc="eval (after)")
 
-    dslora.save(ckpt_dir / "adapters.safetensors")
-    if config.export_peft:
-        dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
     result = dict(task=task_name, run=run, eval_loss_before=loss_before, eval_loss=loss_after,
                   optimizer_steps=stats.optimizer_steps, skipped_nonfinite=stats.skipped_nonfinite,
                   tokens=stats.tokens, train_wall_s=round(stats.wall_s, 2), final_train_loss=stats.last_loss,
-                  train_samples=len(train), val_samples=len(val))
+                  train_samples=len(train), val_samples=len(val), processes=accelerator.num_processes)
+    accelerator.end_training()
+    if not main:
+        return result
+    dslora.save(ckpt_dir / "adapters.safetensors")
+    if config.export_peft:
+        dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
     (log_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"[done] {task_name}: eval loss {loss_before:.4f} -> {loss_after:.4f} after {stats.optimizer_steps} steps "
           f"({stats.wall_s:.1f} s, {stats.skipped_nonfinite} non-finite skipped); "

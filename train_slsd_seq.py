@@ -1,7 +1,9 @@
 """DS-LoRA + SLSD over a sequence of tasks (default T1_general -> T2_math -> T3_code -> T4_tool -> T5_safety).
 
     python train_slsd_seq.py [--preset smoke|default|paper] [--config file.yaml] [--tasks T2_math,T3_code]
-                             [--use_slsd false] [--fast_mode per_task] [--run_name NAME] [--overwrite]
+                             [--method ds_lora_slsd|seq_lora|replay|...] [--fast_mode per_task] [--run_name NAME]
+                             [--overwrite]
+    accelerate launch --config_file configs/accelerate/ddp.yaml train_slsd_seq.py ...   (several GPUs)
 
 Every task of the sequence is evaluated before the first stage and after each stage. Outputs:
 logs/<run>/{config.json, train_loss.jsonl, stages.jsonl, eval.jsonl, samples_*.jsonl, summary.json, *.png} and
@@ -30,11 +32,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     summary = sequence.run()
-    print(format_summary(summary))
-    if not args.no_plots:
-        for path in plot_runs([sequence.log_dir]):
-            print(f"[plot] {path}")
-    print(f"[done] logs in {sequence.log_dir}, checkpoints in {sequence.ckpt_dir}")
+    if sequence.main:
+        print(format_summary(summary))
+        if not args.no_plots:
+            for path in plot_runs([sequence.log_dir]):
+                print(f"[plot] {path}")
+        print(f"[done] logs in {sequence.log_dir}, checkpoints in {sequence.ckpt_dir}")
     return summary
 
 

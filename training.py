@@ -85,76 +85,115 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 aux_loss: Callable[[int], torch.Tensor | None] | None = None, resume: dict | None = None,
                 on_step: Callable[[int, Callable[[], dict]], None] | None = None,
                 optimizer_factory: Callable[[], torch.optim.Optimizer] | None = None,
-                loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> StageStats:
+                loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None,
+                accelerator=None) -> StageStats:
     """Train for ``total_steps`` optimizer steps; one JSON row per ``log_every`` steps goes to ``log_path``.
 
     ``loss_fn(model, batch)`` is the per-micro-batch loss (default: the supervised loss; a method may add terms that
     need the batch), and ``optimizer_factory()`` builds the optimizer (default: AdamW over DS-LoRA's slow and fast
-    groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own forward
-    pass and decides which parameters its gradient reaches. ``on_step(step, snapshot)`` is called after every step;
-    ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly where it was taken:
-    optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted;
-    ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
+    groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own
+    forward pass and decides which parameters its gradient reaches. ``on_step(step, snapshot)`` is called after every
+    step; ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a
+    snapshot) continues exactly where it was taken: optimizer, schedule, RNG and data position. Non-finite losses
+    are skipped and counted; ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
+
+    With an ``accelerator`` (distributed.py) the loss module, optimizer and loader go through ``accelerator.prepare``
+    (DDP / FSDP / DeepSpeed, mixed precision with loss scaling), batches are split across processes and only the
+    main process logs. Without one, this is a plain single-device loop with ``amp_dtype`` autocast.
     """
+    from distributed import LossModule, is_main
+
     optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     stats, in_row, first_step = StageStats(), 0, 1
-    batches = batches_forever(loader)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         stats = StageStats(**resume["stats"])
         first_step = resume["step"] + 1
+    compute_loss = LossModule(model, loss_fn or supervised_loss)
+    world = accelerator.num_processes if accelerator is not None else 1
+    if accelerator is not None:
+        compute_loss, optimizer, loader = accelerator.prepare(compute_loss, optimizer, loader)
+    batches = batches_forever(loader)
+    if resume:
         for _ in range(resume["step"] * config.grad_accum_steps):  # the same seeded order, consumed batches skipped
             next(batches)
         set_rng_state(resume["rng"])
     started = time.perf_counter() - stats.wall_s
     model.train()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as log, tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True) as bar:
+    main = is_main(accelerator)
+    if main:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+    with (log_path.open("a") if main else nullcontext()) as log, \
+            tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True, disable=not main) as bar:
         for step in range(first_step, total_steps + 1):
-            step_losses = []
-            for _ in range(config.grad_accum_steps):
+            step_losses, checksum = [], 0
+            for micro in range(config.grad_accum_steps):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
-                with autocast(device, amp_dtype):
-                    loss = (loss_fn or supervised_loss)(model, batch)
-                if not torch.isfinite(loss):
+                checksum += int(batch["input_ids"][batch["attention_mask"].bool()].sum())  # which samples this process saw
+                last_micro = micro == config.grad_accum_steps - 1
+                sync = accelerator.no_sync(compute_loss) if accelerator is not None and not last_micro else nullcontext()
+                with sync, (autocast(device, amp_dtype) if accelerator is None else nullcontext()):
+                    loss = compute_loss(batch)
+                finite = torch.isfinite(loss.detach())
+                if world > 1:  # every process skips, or none does
+                    finite = accelerator.reduce(finite.float(), "min").bool()
+                if not finite:
                     stats.skipped_nonfinite += 1
                     in_row += 1
                     if in_row >= config.max_nonfinite_in_row:
                         raise NonFiniteLossError(
                             f"{in_row} non-finite losses in a row at step {step} of {desc}; lower the learning rates, "
                             f"use --precision fp32, or check the data")
+                    if world > 1:  # complete DDP's gradient reduction with zeros instead of the bad loss
+                        with sync:
+                            accelerator.backward(sum(p.sum() for p in params) * 0.0)
                     continue
                 in_row = 0
-                (loss / config.grad_accum_steps).backward()
+                if world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
+                    local = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
+                    loss = loss * local * world / accelerator.reduce(local.clone(), "sum")
+                scaled = loss / config.grad_accum_steps
+                with sync:
+                    accelerator.backward(scaled) if accelerator is not None else scaled.backward()
                 step_losses.append(loss.item())
                 stats.tokens += int(batch["attention_mask"].sum())
             extra = aux_loss(step) if aux_loss is not None else None
             if extra is not None:
-                extra.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+                accelerator.backward(extra) if accelerator is not None else extra.backward()
+            max_norm = config.max_grad_norm or float("inf")
+            grad_norm = (accelerator.clip_grad_norm_(params, max_norm) if accelerator is not None
+                         else torch.nn.utils.clip_grad_norm_(params, max_norm))
             rates = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}  # the rates this step used
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             stats.optimizer_steps = step
             stats.last_loss = sum(step_losses) / len(step_losses) if step_losses else float("nan")
+            if world > 1:
+                stats.last_loss = float(accelerator.reduce(torch.tensor(stats.last_loss, device=device), "mean"))
             stats.wall_s = time.perf_counter() - started
-            if step % config.log_every == 0 or step == total_steps:
+            checksums = [checksum] if world == 1 else accelerator.gather(torch.tensor([checksum], device=device)).tolist()
+            if main and (step % config.log_every == 0 or step == total_steps):
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite)
+                           grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
+                           input_checksums=checksums)
                 if extra is not None:
                     row["aux_loss"] = float(extra.detach())
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                if accelerator is not None and accelerator.trackers:
+                    accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
             if on_step is not None:
-                on_step(step, lambda: dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                on_step(step, lambda: dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),  # noqa: B023
                                            stats=dataclasses.asdict(stats), rng=rng_state()))
             bar.set_postfix(loss=f"{stats.last_loss:.4f}", **{k: f"{v:.1e}" for k, v in rates.items()},
                             tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)
+    if accelerator is not None:
+        accelerator.free_memory()  # drop this stage's prepared wrappers (the model itself stays)
     return stats
 
 

@@ -33,7 +33,7 @@ def main() -> None:
     args, config = parse_config(parser)
     device, tokenizer = pick_device(config), load_tokenizer(config)
     amp_dtype = autocast_dtype(config, device)
-    model = load_model(config).to(device)
+    model = load_model(config, device)
     records, _ = read_jsonl(task_file(args.task, "test", config.data_dir), limit=args.prompts)
     prompts = [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
     generate(model, tokenizer, prompts[:2], 4, 2, device, amp_dtype)  # warm-up

@@ -53,12 +53,12 @@ def main() -> None:
 
     device = pick_device(config)
     amp_dtype = autocast_dtype(config, device)
-    ds_model = load_model(config).to(device)
+    ds_model = load_model(config, device)
     dslora = DSLoRA.from_config(ds_model, config)
     ds_optimizer = make_optimizer(dslora, config)
 
     rank = config.lora_r_slow + config.lora_r_fast
-    peft_model = get_peft_model(load_model(config).to(device), LoraConfig(
+    peft_model = get_peft_model(load_model(config, device), LoraConfig(
         r=rank, lora_alpha=config.lora_alpha * rank / config.lora_r_slow, lora_dropout=config.lora_dropout,
         target_modules=list(dslora.modules), task_type="CAUSAL_LM"))
     peft_optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr_fast)

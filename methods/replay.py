@@ -44,6 +44,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.num_current, self.num_buffer = num_current, num_buffer
         self.replayed = min(batch_size - 1, max(1, round(ratio * batch_size))) if num_buffer and batch_size > 1 else 0
         self.current = batch_size - self.replayed
+        self.batch_size = batch_size  # accelerate splits batches of this size across processes
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:

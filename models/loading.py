@@ -73,8 +73,10 @@ def load_tokenizer(config) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(config) -> PreTrainedModel:
-    """The base causal LM in fp32 (autocast handles bf16/fp16), or a tiny random one for ``tiny_random_model``."""
+def load_model(config, device: torch.device | None = None) -> PreTrainedModel:
+    """The base causal LM on ``device`` (default CPU): fp32 (autocast handles bf16/fp16), or 4-bit NF4 with double
+    quantisation and bf16 compute for ``load_in_4bit`` (QLoRA, CUDA only), or a tiny random model for
+    ``tiny_random_model``; with ``gradient_checkpointing``, activations are recomputed in the backward pass."""
     path = resolve_model_path(config.model_name, config.model_cache_dir)
     if config.tiny_random_model:
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
@@ -84,9 +86,23 @@ def load_model(config) -> PreTrainedModel:
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code,
                                                  dtype=torch.float32)
+    elif config.load_in_4bit:
+        if device is None or device.type != "cuda":
+            raise RuntimeError("load_in_4bit (QLoRA) needs a CUDA device and the bitsandbytes package")
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, quantization_config=quantization,
+                                                     device_map={"": device.index or 0},
+                                                     trust_remote_code=config.trust_remote_code)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                      trust_remote_code=config.trust_remote_code)
+    if not config.load_in_4bit and device is not None:
+        model = model.to(device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training; generation turns it back on
     return model
 

@@ -110,3 +110,25 @@ def test_supervised_loss_equals_the_models_own_loss(tokenizer, tiny_model):
                for w in ("hello", "a much longer answer than the first one")]
     batch = collate([SFTDataset(records, tokenizer, 64, "t")[i] for i in range(2)], tokenizer.pad_token_id)
     torch.testing.assert_close(supervised_loss(tiny_model, batch), tiny_model(**batch).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tokenizer, tmp_path):
+    plain, plain_rows, plain_lora = run_stage(tokenizer, tmp_path, "plain", max_steps=2)
+    ckpt, ckpt_rows, ckpt_lora = run_stage(tokenizer, tmp_path, "ckpt", max_steps=2, gradient_checkpointing=True)
+    assert ckpt_lora.model.is_activation_checkpointing and not plain_lora.model.is_activation_checkpointing
+    for a, b in zip(plain_rows, ckpt_rows):
+        assert abs(a["loss"] - b["loss"]) < 1e-5
+    for p, q in zip(plain_lora.slow_parameters() + plain_lora.fast_parameters(),
+                    ckpt_lora.slow_parameters() + ckpt_lora.fast_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+
+
+def test_report_to_tensorboard_logs_losses_through_accelerate(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_single_task.main(["--task", str(FIXTURES / "alpaca.jsonl"), "--preset", "smoke", "--max_steps", "2",
+                            "--report_to", "tensorboard", "--run_name", "tb", "--log_dir", str(tmp_path / "logs"),
+                            "--checkpoint_dir", str(tmp_path / "ckpt"), "--export_peft", "false"])
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"train/loss", "train/lr_slow", "train/lr_fast"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("train/loss")) == 2
