@@ -9,7 +9,9 @@ At the start of every stage after the first:
      typical of the old style: the teacher is sure how to answer them) are kept, at most ``probe_size``;
   4. compact teacher targets — per response token the top-k log-probabilities at temperature T (fp16), their token
      ids (int32) and the log of the remaining tail mass: k·6 + 2 bytes per token instead of V·4.
-During the stage, every ``kd_every`` steps a probe batch gives the distillation loss
+During the stage, every ``kd_every`` steps (mid-interval: steps kd_every/2, 3·kd_every/2, ..., so that no
+distillation step lands where warm-up or the decayed end of the schedule makes it a no-op) a probe batch gives the
+distillation loss
 
     L_KD = λ · T² · KL(p_teacher ‖ p_student)   over response tokens, on the k+1 buckets (top-k ids + tail),
 
@@ -20,6 +22,7 @@ distribution is exact for that coarsening and a lower bound of the full-vocabula
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -118,7 +121,8 @@ class SLSD:
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + stage)
         count = min(self.config.probe_candidates, len(dataset))
         indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
-        self.probes = build_probe_buffer(self.model, dataset, indices, self.config, self.device, self.amp_dtype)
+        with self.dslora.merged() if self.config.merge_for_eval else nullcontext():  # inference: ΔW folded in
+            self.probes = build_probe_buffer(self.model, dataset, indices, self.config, self.device, self.amp_dtype)
         tokens = sum(len(p.positions) for p in self.probes)
         stored = sum(p.nbytes() for p in self.probes)
         return dict(probe_candidates=count, probe_kept=len(self.probes), probe_tokens=tokens, probe_bytes=stored,
@@ -126,8 +130,9 @@ class SLSD:
                     probe_entropy_max=max((p.entropy for p in self.probes), default=math.nan))
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
-        """L_KD every ``kd_every`` steps on a probe batch drawn from a (seed, stage, step)-seeded generator."""
-        if not self.probes or step % self.config.kd_every:
+        """L_KD at steps ≡ kd_every/2 (mod kd_every), on a probe batch drawn from a (seed, stage, step)-seeded
+        generator."""
+        if not self.probes or step % self.config.kd_every != self.config.kd_every // 2:
             return None
         generator = torch.Generator().manual_seed((self.config.seed * 1000 + self.stage) * 100_000 + step)
         size = min(self.config.kd_batch_size, len(self.probes))

@@ -83,8 +83,8 @@ class Config:
     teacher_topk: int = 64  # teacher log-probabilities stored per response token (fp16), plus the tail mass
     kd_lambda: float = 0.5  # weight of the KD loss
     kd_temperature: float = 2.0  # softmax temperature of teacher and student in the KD loss
-    kd_every: int = 10  # add the KD loss every N optimizer steps (CPU-sized: SLSD within 1.15x of a 20-step stage)
-    kd_batch_size: int = 2  # probe samples per KD step
+    kd_every: int = 10  # add the KD loss every N optimizer steps, at mid-interval (steps 5, 15, ... for 10)
+    kd_batch_size: int = 1  # probe samples per KD step (CPU-sized: SLSD within 1.15x of a 20-step stage of batch 2)
     kd_branches: str = "slow"  # branches the KD loss trains: slow (the method) | both (ablation slsd_both)
     probe_selection: str = "entropy"  # probe samples kept: entropy (the filter) | random (ablation slsd_random)
     fast_mode: str = "shared"  # shared (one fast branch across tasks) | per_task (a fresh fast branch per task)
@@ -177,7 +177,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,
                   lora_alpha=16.0, lora_dropout=0.05, target_modules=list(LLAMA_TARGETS), lr_slow=1e-5,
                   lr_fast=5e-5, precision="bf16", max_seq_len=1024, batch_size=4, grad_accum_steps=8, epochs=3.0,
-                  max_steps=0, probe_size=500, probe_candidates=1000, max_eval_samples=0, max_new_tokens=0,
+                  max_steps=0, probe_size=500, probe_candidates=1000, kd_batch_size=4, max_eval_samples=0, max_new_tokens=0,
                   eval_batch_size=32),
 }
 
