@@ -36,10 +36,15 @@ run: setup $(DATA)
 test: setup
 	$(PY) -m pytest -q tests
 
+# The CPU benchmarks; the GPU ones skip cleanly without CUDA. The method comparison is separate (hours):
+# $(PY) bench/compare_methods.py [--quick]
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_slsd.py
+	$(PY) bench/bench_memory.py
+	$(PY) bench/gpu_check.py
+	$(PY) bench/bench_gpu_throughput.py
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)

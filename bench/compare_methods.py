@@ -3,14 +3,16 @@
     python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44]
                                     [--name NAME] [--preset default] [--<config field> value ...]
 
-Every (method, seed) is one run of the sequential engine (logs/cmp_<name>_<method>_s<seed>/); a finished run is
-reused, an interrupted one resumes. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT, forgetting and
+Every (method, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
+logs/cmp_<name>_<method>_s<seed>/; a finished run of the same config is reused, an interrupted one resumes, one of
+another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT, forgetting and
 the final per-task scores (mean ± std over seeds), trainable parameters, training wall time and peak memory, and
 bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs).
 
 Budgets on 2 CPU cores with the embedded model (each overridable on the command line):
   default  every method, 3 seeds, 5 tasks, 10 steps per task, 4 samples per task and evaluation  (a few hours)
-  --quick  every method, 1 seed, T1_general -> T2_math, 4 steps per task, 3 samples, 24 new tokens (< 30 minutes)
+  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task at 10x the learning rates (so that 8
+           steps move the answers), 3 samples, 24 new tokens (< 30 minutes)
 The last line is JSON (the table's figures).
 """
 from __future__ import annotations
@@ -18,18 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from configs.base_config import METHOD_NAMES, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
-import train_slsd_seq  # noqa: E402
 
 BUDGETS = {
     "full": dict(max_steps="10", max_eval_samples="4", max_new_tokens="32"),
-    "quick": dict(tasks="T1_general,T2_math", max_steps="4", max_eval_samples="3", max_new_tokens="24"),
+    "quick": dict(tasks="T1_general,T2_math", max_steps="8", max_eval_samples="3", max_new_tokens="24",
+                  lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4"),
 }
 METRICS = ("AP", "BWT", "FWT", "forgetting")
 
@@ -89,11 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in seeds:
             run = f"cmp_{name}_{method}_s{seed}"
             fields = dict(budget, method=method, seed=seed, run_name=run)
-            argv_run = ["--preset", args.preset, "--no_plots", *[a for k, v in fields.items() for a in (f"--{k}", v)]]
+            argv_run = ["--preset", args.preset, "--no_plots", "--overwrite",  # a run of another config is redone
+                        *[a for k, v in fields.items() for a in (f"--{k}", v)]]
             print(f"[compare] {method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}", flush=True)
-            summary = train_slsd_seq.main(argv_run)
-            summaries[method].append(summary)
-            runs[method].append(Path(summary["log_dir"]))
+            subprocess.run([sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run], cwd=ROOT, check=True)
+            log_dir = ROOT / budget.get("log_dir", "logs") / run
+            summaries[method].append(json.loads((log_dir / "summary.json").read_text()))
+            runs[method].append(log_dir)
     table = {m: aggregate(s) for m, s in summaries.items()}
     tasks = next(iter(summaries.values()))[0]["tasks"]
     out = Path(__file__).parent / "results"

@@ -14,18 +14,22 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(tmp_path: Path, data: Path, name: str, processes: int) -> tuple[dict, list[dict], dict]:
-    args = ["train_single_task.py", "--task", "T2_math", "--preset", "smoke", "--data_dir", str(data),
-            "--device", "cpu", "--batch_size", "4", "--max_steps", "3", "--lora_dropout", "0", "--export_peft", "false",
-            "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name]
+def launch(args: list[str], processes: int) -> None:
+    """``python script ...`` for one process; ``torchrun`` with accelerate's CPU switch for several (gloo)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    command = [sys.executable, *args]
     if processes > 1:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
         env["ACCELERATE_USE_CPU"] = "1"
-    else:
-        command = [sys.executable, *args]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def run(tmp_path: Path, data: Path, name: str, processes: int) -> tuple[dict, list[dict], dict]:
+    launch(["train_single_task.py", "--task", "T2_math", "--preset", "smoke", "--data_dir", str(data),
+            "--device", "cpu", "--batch_size", "4", "--max_steps", "3", "--lora_dropout", "0", "--export_peft", "false",
+            "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name],
+           processes)
     logs = tmp_path / "logs" / name
     rows = [json.loads(line) for line in (logs / "train_loss.jsonl").read_text().splitlines()]
     return json.loads((logs / "eval.json").read_text()), rows, load_file(str(tmp_path / "ckpt" / name / "adapters.safetensors"))
@@ -50,17 +54,10 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_a_two_process_sequence_splits_evaluation_and_matches_one_process(tmp_path, small_data):
     def sequence(name: str, processes: int) -> dict:
-        args = ["train_slsd_seq.py", "--preset", "smoke", "--data_dir", str(small_data), "--device", "cpu",
+        launch(["train_slsd_seq.py", "--preset", "smoke", "--data_dir", str(small_data), "--device", "cpu",
                 "--tasks", "T2_math,T1_general", "--batch_size", "4", "--max_steps", "2", "--max_eval_samples", "3",
                 "--lora_dropout", "0", "--export_peft", "false", "--no_plots", "--log_dir", str(tmp_path / "logs"),
-                "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-        command = [sys.executable, *args]
-        if processes > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
-            env["ACCELERATE_USE_CPU"] = "1"
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+                "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name], processes)
         return json.loads((tmp_path / "logs" / name / "summary.json").read_text())
 
     one, two = sequence("seq_one", 1), sequence("seq_two", 2)
