@@ -33,7 +33,7 @@ def stop_token_ids(tokenizer, model) -> list[int]:
 
 @dataclass
 class Reference:
-    """A reference conversation tokenised as training sees it; its first ``prompt_len`` tokens are the prompt."""
+    """A reference conversation tokenised as training sees it; it starts with its prompt's tokens."""
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX outside the assistant turns and past max_seq_len
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from distributed import LossModule, is_main
 from models.ds_lora import DSLoRA
 from utils_data import IGNORE_INDEX
 
@@ -101,8 +102,6 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     (DDP / FSDP / DeepSpeed, mixed precision with loss scaling), batches are split across processes and only the
     main process logs. Without one, this is a plain single-device loop with ``amp_dtype`` autocast.
     """
-    from distributed import LossModule, is_main
-
     optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -175,8 +174,12 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
             if world > 1:
                 stats.last_loss = float(accelerator.reduce(torch.tensor(stats.last_loss, device=device), "mean"))
             stats.wall_s = time.perf_counter() - started
-            checksums = [checksum] if world == 1 else accelerator.gather(torch.tensor([checksum], device=device)).tolist()
-            if main and (step % config.log_every == 0 or step == total_steps):
+            logged = step % config.log_every == 0 or step == total_steps
+            if logged and world > 1:  # a collective: every process takes part, on logged steps only
+                checksums = accelerator.gather(torch.tensor([checksum], device=device)).tolist()
+            elif logged:
+                checksums = [checksum]
+            if main and logged:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
                            grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
                            input_checksums=checksums)
@@ -212,13 +215,18 @@ def response_logits(model, batch: dict, positions: list[torch.Tensor]) -> list[t
     return list(logits.split([len(pos) for pos in positions]))
 
 
-def supervised_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over the supervised (assistant) tokens of a batch: the loss of ``model(**batch).loss``,
-    but the LM head runs on those positions only (15-25 % faster per step on CPU where prompts are long)."""
+def supervised_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits, target ids) at every supervised position of the batch, rows concatenated."""
     positions = [response_positions(labels) for labels in batch["labels"]]
     logits = torch.cat(response_logits(model, batch, positions)).float()
     targets = torch.cat([labels[pos + 1] for labels, pos in zip(batch["labels"], positions)])
-    return torch.nn.functional.cross_entropy(logits, targets)
+    return logits, targets
+
+
+def supervised_loss(model, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over the supervised (assistant) tokens of a batch: the loss of ``model(**batch).loss``,
+    but the LM head runs on those positions only (15-25 % faster per step on CPU where prompts are long)."""
+    return torch.nn.functional.cross_entropy(*supervised_logits(model, batch))
 
 
 @torch.no_grad()

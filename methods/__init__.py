@@ -5,6 +5,7 @@ so that the saved config.json shows the values that ran.
 """
 from __future__ import annotations
 
+from configs.base_config import ABLATIONS
 from methods.base import Method
 from methods.dual_speed import DualSpeed
 from methods.ewc import EWC
@@ -20,7 +21,5 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (DualSpeed, SeqLoRA, Repl
 
 
 def make_method(model, tokenizer, config, device, amp_dtype) -> Method:
-    from configs.base_config import ABLATIONS
-
     cls = DualSpeed if config.method in ABLATIONS else METHODS[config.method]
     return cls(model, tokenizer, config, device, amp_dtype)

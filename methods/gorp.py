@@ -83,11 +83,14 @@ class GORP(OLoRA):
         self.carried: dict[int, dict] = {}  # optimizer state of the full-rank weights, carried across tasks
         self.optim: ProjectedAdam | None = None
 
+    def install(self):
+        dslora = super().install()
+        for module in dslora.modules.values():  # the adapted layers' own weights train too (full rank, projected)
+            module.base.weight.requires_grad_(True)
+        return dslora
+
     def full_rank_weights(self) -> list[torch.nn.Parameter]:
-        weights = [m.base.weight for m in self.dslora.modules.values()]
-        for w in weights:
-            w.requires_grad_(True)
-        return weights
+        return [m.base.weight for m in self.dslora.modules.values()]
 
     def optimizer(self) -> torch.optim.Optimizer:
         config = self.config

@@ -16,7 +16,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from methods.base import Method
 from methods.replay import Replay
 from models.ds_lora import DSLoRA
 from training import response_positions
@@ -24,6 +23,7 @@ from training import response_positions
 
 class ILoRA(Replay):
     name = "ilora"
+    replayed = 0  # buffer samples at the end of every batch (set by train_loader)
 
     def install(self) -> DSLoRA:
         config = self.config
@@ -50,10 +50,9 @@ class ILoRA(Replay):
             logits = model.get_output_embeddings()(torch.cat([hidden[row, pos] for row, pos in enumerate(positions)]))
         targets = torch.cat([labels[pos + 1] for labels, pos in zip(batch["labels"], positions)])
         loss = F.cross_entropy(logits.float(), targets)
-        replayed = getattr(self, "replayed", 0)
-        if not replayed:
+        if not self.replayed:
             return loss
-        rows = slice(len(batch["input_ids"]) - replayed, None)
+        rows = slice(len(batch["input_ids"]) - self.replayed, None)
         with torch.no_grad(), self.dslora.branches(fast=False):
             slow_hidden = model.base_model(input_ids=batch["input_ids"][rows],
                                            attention_mask=batch["attention_mask"][rows]).last_hidden_state
@@ -74,5 +73,5 @@ class ILoRA(Replay):
 
     @contextmanager
     def inference(self, key: str) -> Iterator[None]:
-        with self.dslora.branches(fast=False), Method.inference(self, key):
+        with self.dslora.branches(fast=False), super().inference(key):
             yield

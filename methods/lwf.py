@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.single_lora import SeqLoRA
-from training import response_logits, response_positions
+from training import supervised_logits
 
 
 class LwF(SeqLoRA):
@@ -29,12 +29,10 @@ class LwF(SeqLoRA):
         return {}
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        positions = [response_positions(labels) for labels in batch["labels"]]
-        if self.teacher_state is not None:
+        if self.teacher_state is not None:  # first: the swap writes into the parameters the student pass will use
             with torch.no_grad(), self.dslora.swapped(self.teacher_state):
-                teacher = torch.cat(response_logits(model, batch, positions)).float()
-        logits = torch.cat(response_logits(model, batch, positions)).float()
-        targets = torch.cat([labels[pos + 1] for labels, pos in zip(batch["labels"], positions)])
+                teacher, _ = supervised_logits(model, batch)
+        logits, targets = supervised_logits(model, batch)
         loss = F.cross_entropy(logits, targets)
         if self.teacher_state is None:
             return loss
