@@ -1,28 +1,35 @@
 """Side-by-side comparison of methods × seeds on the same task sequence, model and step budget.
 
-    python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44]
+    python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44] [--jobs N]
                                     [--name NAME] [--preset default] [--<config field> value ...]
 
 Every (method, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
 logs/cmp_<name>_<method>_s<seed>/; a finished run of the same config is reused, an interrupted one resumes, one of
-another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT, forgetting and
-the final per-task scores (mean ± std over seeds), trainable parameters, training wall time and peak memory, and
-bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs).
+another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT,
+forgetting and the final per-task scores (mean ± std over seeds), trainable parameters, training wall time and peak
+memory, and bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs).
 
-Budgets on 2 CPU cores with the embedded model (each overridable on the command line):
-  default  every method, 3 seeds, 5 tasks, 10 steps per task, 4 samples per task and evaluation  (a few hours)
-  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task at 10x the learning rates (so that 8
-           steps move the answers), 3 samples, 24 new tokens (< 30 minutes)
-The last line is JSON (the table's figures).
+Budgets on 2 CPU cores with the embedded model (each overridable on the command line); both train at 10x the
+config's learning rates, because at 1e-5 / 5e-5 ten steps do not change a 135M model's greedy answers and every
+method would tie with the base model:
+  default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation, 32 new tokens
+           (~4 h with --jobs 2)
+  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples, 24 new tokens (< 30 minutes)
+Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
+every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
+than two but two runs side by side finish 1.5x more runs per hour; each run's output then goes to
+logs/cmp_<name>_outputs/<run>.log. The last line is JSON (the table's figures).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +37,19 @@ sys.path.insert(0, str(ROOT))
 from configs.base_config import METHOD_NAMES, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 
+LEARNING_RATES_10X = dict(lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4")
 BUDGETS = {
-    "full": dict(max_steps="10", max_eval_samples="4", max_new_tokens="32"),
+    "full": dict(max_steps="10", max_eval_samples="4", max_new_tokens="32", **LEARNING_RATES_10X),
     "quick": dict(tasks="T1_general,T2_math", max_steps="8", max_eval_samples="3", max_new_tokens="24",
-                  lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4"),
+                  **LEARNING_RATES_10X),
 }
 METRICS = ("AP", "BWT", "FWT", "forgetting")
+
+
+def say(line: str) -> None:
+    """One progress line, written whole (runs side by side print from several threads)."""
+    sys.stdout.write(f"[compare] {line}\n")
+    sys.stdout.flush()
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -59,10 +73,11 @@ def aggregate(summaries: list[dict]) -> dict:
                 peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
 
 
-def markdown(name: str, command: str, table: dict[str, dict], tasks: list[str]) -> str:
+def markdown(name: str, command: str, table: dict[str, dict], tasks: list[str], seeds: list[str]) -> str:
     head = ["method", *METRICS, *tasks, "trainable params", "train wall s", "peak MB"]
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
-             "Mean ± std over seeds; scores are the task metrics (0–1) after the last stage.", "",
+             f"Mean ± std over {len(seeds)} seed(s) ({', '.join(seeds)}); scores are the task metrics (0–1) after the"
+             " last stage.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
         cells = [method, *(cell(row[k]) for k in METRICS), *(cell(row["final_scores"][t]) for t in tasks),
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 42,43,44; --quick: 42)")
     parser.add_argument("--name", default=None, help="results name (default: quick or default)")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores / jobs threads")
+    parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
     args, rest = parser.parse_known_args(argv)
     budget = dict(BUDGETS["quick" if args.quick else "full"], **parse_overrides(rest))
     seeds = (args.seeds or ("42" if args.quick else "42,43,44")).split(",")
@@ -87,28 +104,42 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         parser.error(f"unknown method {unknown[0]} (choose from {', '.join(METHOD_NAMES)})")
     started = time.perf_counter()
-    runs: dict[str, list[Path]] = {m: [] for m in methods}
-    summaries: dict[str, list[dict]] = {m: [] for m in methods}
-    for method in methods:
-        for seed in seeds:
-            run = f"cmp_{name}_{method}_s{seed}"
-            fields = dict(budget, method=method, seed=seed, run_name=run)
-            argv_run = ["--preset", args.preset, "--no_plots", "--overwrite",  # a run of another config is redone
-                        *[a for k, v in fields.items() for a in (f"--{k}", v)]]
-            print(f"[compare] {method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}", flush=True)
-            subprocess.run([sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run], cwd=ROOT, check=True)
-            log_dir = ROOT / budget.get("log_dir", "logs") / run
-            summaries[method].append(json.loads((log_dir / "summary.json").read_text()))
-            runs[method].append(log_dir)
+    log_root = ROOT / budget.get("log_dir", "logs")
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
+
+    def run_one(method: str, seed: str) -> None:
+        run = f"cmp_{name}_{method}_s{seed}"
+        fields = dict(budget, method=method, seed=seed, run_name=run)
+        argv_run = ["--preset", args.preset, "--no_plots", "--overwrite",  # a run of another config is redone
+                    *[a for k, v in fields.items() for a in (f"--{k}", v)]]
+        say(f"{method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
+        command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
+        if args.jobs == 1:
+            subprocess.run(command_run, cwd=ROOT, env=env, check=True)
+            return
+        output = log_root / f"cmp_{name}_outputs" / f"{run}.log"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w") as out:
+            done = subprocess.run(command_run, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"{run} failed (exit {done.returncode}); its output: {output}")
+        say(f"{method} seed {seed}: done")
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every method's first seed comes first
+        for finished in [pool.submit(run_one, m, s) for s in seeds for m in methods]:
+            finished.result()
+    runs = {m: [log_root / f"cmp_{name}_{m}_s{s}" for s in seeds] for m in methods}
+    summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
     table = {m: aggregate(s) for m, s in summaries.items()}
     tasks = next(iter(summaries.values()))[0]["tasks"]
-    out = Path(__file__).parent / "results"
+    out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
-    command = "python bench/compare_methods.py" + (" --quick" if args.quick else "") + (f" --name {name}" if args.name else "")
-    (out / f"{name}.md").write_text(markdown(name, command, table, tasks))
-    (out / f"{name}.json").write_text(json.dumps(dict(name=name, budget=budget, seeds=seeds, table=table), indent=2) + "\n")
+    command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
+    (out / f"{name}.md").write_text(markdown(name, command, table, tasks, seeds))
+    summary = dict(name=name, command=command, budget=budget, seeds=seeds, table=table)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png")
-    print(markdown(name, command, table, tasks))
+    print(markdown(name, command, table, tasks, seeds))
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
                   AP={m: row["AP"][0] for m, row in table.items()}, BWT={m: row["BWT"][0] for m, row in table.items()})
     print(json.dumps(result))
