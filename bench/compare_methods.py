@@ -13,7 +13,7 @@ Budgets on 2 CPU cores with the embedded model (each overridable on the command 
 config's learning rates, because at 1e-5 / 5e-5 ten steps do not change a 135M model's greedy answers and every
 method would tie with the base model:
   default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation, 32 new tokens
-           (~4 h with --jobs 2)
+           (~5 h with --jobs 2: one seed of all 14 methods took 1 h 42 min)
   --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples, 24 new tokens (< 30 minutes)
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cl_metrics import continual_metrics  # noqa: E402
 from configs.base_config import METHOD_NAMES, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 
@@ -44,6 +45,7 @@ BUDGETS = {
                   **LEARNING_RATES_10X),
 }
 METRICS = ("AP", "BWT", "FWT", "forgetting")
+LOSS_METRICS = ("loss_final", "loss_BWT")
 
 
 def say(line: str) -> None:
@@ -64,9 +66,21 @@ def cell(pair: tuple[float | None, float | None]) -> str:
     return "–" if mean is None else f"{mean:+.3f} ± {std:.3f}" if mean < 0 else f"{mean:.3f} ± {std:.3f}"
 
 
+def loss_figures(summary: dict) -> dict[str, float | None]:
+    """AP and BWT of the eval-loss matrix (token loss on the reference answers; lower is better, loss_BWT > 0 is
+    forgetting): finer-grained than a few samples' scores."""
+    losses = summary["loss_matrix"]
+    if len(losses) != len(summary["tasks"]):  # multi-task: one stage, no backward transfer
+        return dict(loss_final=statistics.fmean(losses[-1]), loss_BWT=None)
+    figures = continual_metrics(losses, summary["base_losses"])
+    return dict(loss_final=figures["AP"], loss_BWT=figures["BWT"])
+
+
 def aggregate(summaries: list[dict]) -> dict:
     tasks = summaries[0]["tasks"]
+    losses = [loss_figures(s) for s in summaries]
     return dict(seeds=len(summaries), **{k: mean_std([s[k] for s in summaries]) for k in METRICS},
+                **{k: mean_std([figures[k] for figures in losses]) for k in LOSS_METRICS},
                 final_scores={t: mean_std([s["final_scores"][t] for s in summaries]) for t in tasks},
                 trainable_params=summaries[0]["trainable_params"],
                 train_wall_s=mean_std([s["train_wall_s"] for s in summaries]),
@@ -74,13 +88,15 @@ def aggregate(summaries: list[dict]) -> dict:
 
 
 def markdown(name: str, command: str, table: dict[str, dict], tasks: list[str], seeds: list[str]) -> str:
-    head = ["method", *METRICS, *tasks, "trainable params", "train wall s", "peak MB"]
+    head = ["method", *METRICS, *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
              f"Mean ± std over {len(seeds)} seed(s) ({', '.join(seeds)}); scores are the task metrics (0–1) after the"
-             " last stage.", "",
+             " last stage; final eval loss is the mean token loss on the reference answers after the last stage and"
+             " loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e. forgetting).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
         cells = [method, *(cell(row[k]) for k in METRICS), *(cell(row["final_scores"][t]) for t in tasks),
+                 *(cell(row[k]) for k in LOSS_METRICS),
                  f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
