@@ -88,28 +88,31 @@ def plot_eval(run: Path) -> list[Path]:
     return written
 
 
-def plot_comparison(runs: list[Path], out: Path | None = None) -> list[Path]:
-    """AP, BWT, FWT, forgetting and the final per-task scores of several runs side by side; written into each run
-    folder as comparison.png, or to ``out`` only."""
-    summaries = [(run, json.loads((run / "summary.json").read_text())) for run in runs if (run / "summary.json").is_file()]
+def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
+    """AP, BWT, FWT, forgetting and the final per-task scores of several runs side by side (``labels``: one name per
+    run, default the folder names); written into each run folder as comparison.png, or to ``out`` only."""
+    named = zip(runs, labels or [run.name for run in runs])
+    summaries = [(name, json.loads((run / "summary.json").read_text())) for run, name in named
+                 if (run / "summary.json").is_file()]
     if len(summaries) < 2:
         return []
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4))
-    names = [run.name for run, _ in summaries]
+    names = [name for name, _ in summaries]
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(14, 1.1 * len(names)), 4.5))
     for offset, key in enumerate(("AP", "BWT", "FWT", "forgetting")):
         left.bar([i + offset * 0.2 for i in range(len(names))], [s[key] or 0 for _, s in summaries], 0.2, label=key)
-    left.set_xticks([i + 0.3 for i in range(len(names))], names, rotation=20, fontsize=7)
+    left.set_xticks([i + 0.3 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8)
     left.axhline(0, color="black", linewidth=0.5)
     left.legend()
     tasks = summaries[0][1]["tasks"]
     width = 0.8 / len(summaries)
-    for k, (run, summary) in enumerate(summaries):
+    for k, (name, summary) in enumerate(summaries):
         right.bar([i + k * width for i in range(len(tasks))], [summary["final_scores"].get(t, 0) for t in tasks],
-                  width, label=run.name)
+                  width, label=name, color=colors[k % len(colors)])
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
-    right.legend(fontsize=7)
-    paths = [out] if out is not None else [run / "comparison.png" for run, _ in summaries]
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    paths = [out] if out is not None else [run / "comparison.png" for run in runs if (run / "summary.json").is_file()]
     for path in paths:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / f"{name}.md").write_text(markdown(name, command, table, tasks, seeds))
     summary = dict(name=name, command=command, budget=budget, seeds=seeds, table=table)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png")
+    plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
     print(markdown(name, command, table, tasks, seeds))
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
                   AP={m: row["AP"][0] for m, row in table.items()}, BWT={m: row["BWT"][0] for m, row in table.items()})
