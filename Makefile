@@ -37,7 +37,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 # The CPU benchmarks; the GPU ones skip cleanly without CUDA. The method comparison is separate (hours):
-# $(PY) bench/compare_methods.py [--quick]
+# $(PY) bench/compare_methods.py --quick   (< 30 min)   |   $(PY) bench/compare_methods.py --jobs 2   (~5 h)
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
