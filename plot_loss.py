@@ -91,11 +91,11 @@ def plot_eval(run: Path) -> list[Path]:
 def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
     """AP, BWT, FWT, forgetting and the final per-task scores of several runs side by side (``labels``: one name per
     run, default the folder names); written into each run folder as comparison.png, or to ``out`` only."""
-    named = zip(runs, labels or [run.name for run in runs])
-    summaries = [(name, json.loads((run / "summary.json").read_text())) for run, name in named
-                 if (run / "summary.json").is_file()]
-    if len(summaries) < 2:
+    named = [(run, name) for run, name in zip(runs, labels or [run.name for run in runs])
+             if (run / "summary.json").is_file()]
+    if len(named) < 2:
         return []
+    summaries = [(name, json.loads((run / "summary.json").read_text())) for run, name in named]
     names = [name for name, _ in summaries]
     colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(14, 1.1 * len(names)), 4.5))
@@ -112,7 +112,7 @@ def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str]
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    paths = [out] if out is not None else [run / "comparison.png" for run in runs if (run / "summary.json").is_file()]
+    paths = [out] if out is not None else [run / "comparison.png" for run, _ in named]
     for path in paths:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

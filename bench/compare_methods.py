@@ -17,12 +17,13 @@ method would tie with the base model:
   --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples, 24 new tokens (< 30 minutes)
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
-than two but two runs side by side finish 1.5x more runs per hour; each run's output then goes to
+than two, so two runs side by side should finish ~1.5x the runs per hour; each run's output then goes to
 logs/cmp_<name>_outputs/<run>.log. The last line is JSON (the table's figures).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -130,20 +131,24 @@ def main(argv: list[str] | None = None) -> dict:
                     *[a for k, v in fields.items() for a in (f"--{k}", v)]]
         say(f"{method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
         command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
-        if args.jobs == 1:
-            subprocess.run(command_run, cwd=ROOT, env=env, check=True)
-            return
-        output = log_root / f"cmp_{name}_outputs" / f"{run}.log"
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("w") as out:
-            done = subprocess.run(command_run, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        output = None if args.jobs == 1 else log_root / f"cmp_{name}_outputs" / f"{run}.log"  # side by side: a file each
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w") if output is not None else contextlib.nullcontext() as out:
+            done = subprocess.run(command_run, cwd=ROOT, env=env, stdout=out,
+                                  stderr=None if out is None else subprocess.STDOUT)
         if done.returncode:
-            raise RuntimeError(f"{run} failed (exit {done.returncode}); its output: {output}")
+            raise RuntimeError(f"{run} failed (exit {done.returncode})" + (f"; its output: {output}" if output else ""))
         say(f"{method} seed {seed}: done")
 
     with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every method's first seed comes first
-        for finished in [pool.submit(run_one, m, s) for s in seeds for m in methods]:
-            finished.result()
+        futures = [pool.submit(run_one, m, s) for s in seeds for m in methods]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a failed run stops the comparison (the running ones finish)
+            raise
     runs = {m: [log_root / f"cmp_{name}_{m}_s{s}" for s in seeds] for m in methods}
     summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
     table = {m: aggregate(s) for m, s in summaries.items()}
