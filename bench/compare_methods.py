@@ -13,7 +13,7 @@ Budgets on 2 CPU cores with the embedded model (each overridable on the command 
 config's learning rates, because at 1e-5 / 5e-5 ten steps do not change a 135M model's greedy answers and every
 method would tie with the base model:
   default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation, 32 new tokens
-           (~5 h with --jobs 2: one seed of all 14 methods took 1 h 42 min)
+           (~4 h 45 min with --jobs 2: ~6.8 min per run)
   --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples, 24 new tokens (< 30 minutes)
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
