@@ -1,4 +1,5 @@
-"""Peak memory of DS-LoRA training steps with and without gradient checkpointing (and, on CUDA, with QLoRA).
+"""Peak memory of DS-LoRA training steps with and without gradient checkpointing (and, on CUDA, with an fp32 base
+instead of the default bf16 one, and with QLoRA).
 
     python bench/bench_memory.py [--batch 4] [--seq_len 512] [--steps 2] [--preset default] [--field value ...]
 
@@ -59,7 +60,8 @@ def main() -> None:
         print(json.dumps(child(args, rest)))
         return
     settings = {"plain": [], "gradient_checkpointing": ["--gradient_checkpointing", "true"]}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # "plain" stores the frozen base in bf16 there (base_dtype auto under bf16 autocast)
+        settings["base_fp32"] = ["--base_dtype", "fp32"]
         settings["qlora_nf4"] = ["--load_in_4bit", "true", "--merge_for_eval", "false"]
     results = {}
     for name, flags in settings.items():

@@ -1,7 +1,8 @@
 """GPU checks a session with an accelerator machine runs: bf16, fp16 (loss scaling), QLoRA (4-bit NF4 base) and
 gradient checkpointing, each as a short smoke-preset training run of train_single_task.py on CUDA.
 
-    python bench/gpu_check.py [--task T2_math] [--steps 6]
+    python bench/gpu_check.py [--task T2_math] [--steps 6] [--model_name embedded]
+    python bench/random_model.py --like embedded --out /tmp/random && python bench/gpu_check.py --model_name /tmp/random
 
 Each check must finish with finite losses that fall from the first to the last step (smoke learning rates) and
 report its peak GPU memory. Without CUDA every check is skipped (exit 0). Multi-GPU runs need several GPUs:
@@ -33,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="T2_math")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--model_name", default="embedded", help="QLoRA needs real weights: the embedded model by default")
+    parser.add_argument("--model_name", default="embedded",
+                        help="the embedded model, or a model folder (one from bench/random_model.py on a machine without it)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(json.dumps(dict(bench="gpu_check", skipped="no CUDA device")))

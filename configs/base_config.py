@@ -28,6 +28,7 @@ class Config:
     tiny_random_model: bool = False  # replace the weights by a tiny random model of the same architecture (smoke tests); real tokenizer
     trust_remote_code: bool = False  # allow a hub model's own Python code to run; off unless you trust the model
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    base_dtype: str = "auto"  # storage of the frozen base weights: auto (bf16 under bf16 autocast on CUDA, whose matmuls run in bf16 anyway: half the memory; else fp32) | fp32 | bf16 | fp16; adapters stay fp32
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N (under accelerate/torchrun: each process's own GPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30 % more compute)
     load_in_4bit: bool = False  # QLoRA: the base model in 4-bit NF4 with double quantisation (CUDA + bitsandbytes); adapters stay fp32
@@ -126,10 +127,13 @@ class Config:
             ("max_steps", self.max_steps >= 0, "must be >= 0"),
             ("max_seq_len", self.max_seq_len >= 8, "must be >= 8"),
             ("precision", self.precision in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
+            ("base_dtype", self.base_dtype in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
             ("report_to", self.report_to in ("none", "tensorboard", "wandb", "swanlab"),
              "must be none, tensorboard, wandb or swanlab"),
             ("merge_for_eval", not (self.load_in_4bit and self.merge_for_eval),
              "must be false with load_in_4bit (4-bit weights cannot take ΔW in place)"),
+            ("load_in_4bit", not (self.load_in_4bit and self.method == "gorp"),
+             "must be false with method gorp (it trains the adapted layers' full-rank weights, which 4-bit cannot hold)"),
             ("tasks", len(self.tasks) >= 1, "must name at least one task"),
             ("entropy_quantile", 0 < self.entropy_quantile <= 1, "must be in (0, 1]"),
             ("kd_temperature", self.kd_temperature > 0, "must be > 0"),

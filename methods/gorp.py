@@ -86,6 +86,7 @@ class GORP(OLoRA):
     def install(self):
         dslora = super().install()
         for module in dslora.modules.values():  # the adapted layers' own weights train too (full rank, projected)
+            module.base.float()  # in fp32 even over a bf16 base (base_dtype): bf16 would round small updates away
             module.base.weight.requires_grad_(True)
         return dslora
 

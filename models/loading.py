@@ -74,18 +74,19 @@ def load_tokenizer(config) -> PreTrainedTokenizerBase:
 
 
 def load_model(config, device: torch.device | None = None) -> PreTrainedModel:
-    """The base causal LM on ``device`` (default CPU): fp32 (autocast handles bf16/fp16), or 4-bit NF4 with double
-    quantisation and bf16 compute for ``load_in_4bit`` (QLoRA, CUDA only), or a tiny random model for
-    ``tiny_random_model``; with ``gradient_checkpointing``, activations are recomputed in the backward pass."""
+    """The base causal LM on ``device`` (default CPU), its frozen weights stored in ``base_dtype`` (autocast runs
+    the matmuls in the precision's dtype), or 4-bit NF4 with double quantisation and bf16 compute for
+    ``load_in_4bit`` (QLoRA, CUDA only), or a tiny random model for ``tiny_random_model``; with
+    ``gradient_checkpointing``, activations are recomputed in the backward pass."""
     path = resolve_model_path(config.model_name, config.model_cache_dir)
+    dtype = base_dtype(config, device or torch.device("cpu"))
     if config.tiny_random_model:
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=config.trust_remote_code)
         for key, value in TINY_SHAPE.items():
             if hasattr(model_config, key):
                 setattr(model_config, key, value)
         torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code,
-                                                 dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.trust_remote_code, dtype=dtype)
     elif config.load_in_4bit:
         if device is None or device.type != "cuda":
             raise RuntimeError("load_in_4bit (QLoRA) needs a CUDA device and the bitsandbytes package")
@@ -97,8 +98,7 @@ def load_model(config, device: torch.device | None = None) -> PreTrainedModel:
                                                      device_map={"": device.index or 0},
                                                      trust_remote_code=config.trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                     trust_remote_code=config.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=config.trust_remote_code)
     if not config.load_in_4bit and device is not None:
         model = model.to(device)
     if config.gradient_checkpointing:
@@ -119,3 +119,12 @@ def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def base_dtype(config, device: torch.device) -> torch.dtype:
+    """The storage dtype of the frozen base weights. "auto": bf16 under bf16 autocast on CUDA (the matmuls run in
+    bf16 anyway, so this halves the weights' memory and drops autocast's per-step weight casts), else fp32 (fp16
+    autocast keeps an fp32 base: its residual stream stays in fp32, out of fp16's overflow range)."""
+    if config.base_dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.base_dtype]

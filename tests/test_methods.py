@@ -130,6 +130,12 @@ def test_gorp_trains_full_rank_weights_and_carries_the_first_moment(tokenizer, t
     assert torch.equal(optimizer.state[first]["exp_avg"], gorp.carried[0]["exp_avg"])
 
 
+def test_gorp_keeps_its_trained_weights_in_fp32_over_a_bf16_base(tokenizer):
+    gorp = method("gorp", tokenizer, base_dtype="bf16")
+    assert {w.dtype for w in gorp.full_rank_weights()} == {torch.float32}  # bf16 would round small updates away
+    assert gorp.model.get_input_embeddings().weight.dtype == torch.bfloat16  # the rest of the base stays bf16
+
+
 def test_ilora_slow_is_the_ema_of_fast(tokenizer, tmp_path):
     ilora = method("ilora", tokenizer, ilora_ema=0.9, lr_lora=1e-2)
     data = task_data("T2_math", tokenizer, ilora.config)

@@ -12,7 +12,7 @@ from transformers import set_seed
 import train_single_task
 from configs.base_config import build_config
 from models.ds_lora import DSLoRA
-from models.loading import load_model
+from models.loading import autocast_dtype, base_dtype, load_model
 from tests.conftest import FIXTURES
 from training import NonFiniteLossError, supervised_loss, train_stage
 from utils_data import SFTDataset, collate, make_loader
@@ -26,7 +26,8 @@ def run_stage(tokenizer, tmp_path, name, **overrides):
     dataset = SFTDataset.from_file(FIXTURES / "alpaca.jsonl", tokenizer, config.max_seq_len)
     loader = make_loader(dataset, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
     log = tmp_path / f"{name}.jsonl"
-    stats = train_stage(model, dslora, loader, config, config.max_steps, log, torch.device("cpu"), None)
+    cpu = torch.device("cpu")
+    stats = train_stage(model, dslora, loader, config, config.max_steps, log, cpu, autocast_dtype(config, cpu))
     return stats, [json.loads(line) for line in log.read_text().splitlines()], dslora
 
 
@@ -48,6 +49,26 @@ def test_training_lowers_the_loss_on_repeated_data(tokenizer, tmp_path):
     assert stats.optimizer_steps == 30
     # a 4-layer random model with LoRA on 2 layers learns slowly; the run is seeded, so the margin is stable
     assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.1
+
+
+def test_base_dtype_follows_bf16_autocast_on_cuda_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert base_dtype(build_config("default"), cpu) == torch.float32
+    assert base_dtype(build_config("default"), cuda) == torch.bfloat16  # precision auto = bf16 autocast on CUDA
+    assert base_dtype(build_config("default", overrides=dict(precision="fp16")), cuda) == torch.float32
+    assert base_dtype(build_config("default", overrides=dict(precision="fp32")), cuda) == torch.float32
+    assert base_dtype(build_config("default", overrides=dict(base_dtype="bf16")), cpu) == torch.bfloat16
+
+
+def test_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tokenizer, tmp_path):
+    """The frozen base is stored in bf16 (half the memory) while the DS-LoRA branches stay fp32 and train."""
+    stats, rows, dslora = run_stage(tokenizer, tmp_path, "bf16", base_dtype="bf16", precision="bf16", max_steps=2)
+    model = dslora.model
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    adapters = dslora.slow_parameters() + dslora.fast_parameters()
+    assert {p.dtype for p in adapters} == {torch.float32}
+    assert all(math.isfinite(r["loss"]) for r in rows) and stats.optimizer_steps == 2
+    assert all(m.delta_weight().abs().sum() > 0 for m in dslora.modules.values())  # B moved off zero
 
 
 def poison_losses(monkeypatch, is_nan):
