@@ -124,7 +124,12 @@ def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
 def base_dtype(config, device: torch.device) -> torch.dtype:
     """The storage dtype of the frozen base weights. "auto": bf16 under bf16 autocast on CUDA (the matmuls run in
     bf16 anyway, so this halves the weights' memory and drops autocast's per-step weight casts), else fp32 (fp16
-    autocast keeps an fp32 base: its residual stream stays in fp32, out of fp16's overflow range)."""
+    autocast keeps an fp32 base: its residual stream stays in fp32, out of fp16's overflow range). Under FSDP or
+    DeepSpeed (accelerate launch sets ACCELERATE_USE_FSDP / _DEEPSPEED) "auto" is fp32: FSDP flattens base and
+    adapters into one tensor of one dtype, and both engines apply the mixed precision themselves."""
+    engine_owns_precision = any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() in ("1", "true")
+                                for name in ("FSDP", "DEEPSPEED"))
     if config.base_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16 else torch.float32
+        bf16_on_cuda = device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16
+        return torch.bfloat16 if bf16_on_cuda and not engine_owns_precision else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.base_dtype]

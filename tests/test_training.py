@@ -51,13 +51,15 @@ def test_training_lowers_the_loss_on_repeated_data(tokenizer, tmp_path):
     assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.1
 
 
-def test_base_dtype_follows_bf16_autocast_on_cuda_only():
+def test_base_dtype_follows_bf16_autocast_on_cuda_only(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert base_dtype(build_config("default"), cpu) == torch.float32
     assert base_dtype(build_config("default"), cuda) == torch.bfloat16  # precision auto = bf16 autocast on CUDA
     assert base_dtype(build_config("default", overrides=dict(precision="fp16")), cuda) == torch.float32
     assert base_dtype(build_config("default", overrides=dict(precision="fp32")), cuda) == torch.float32
     assert base_dtype(build_config("default", overrides=dict(base_dtype="bf16")), cpu) == torch.bfloat16
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP flattens base and adapters into one dtype
+    assert base_dtype(build_config("default"), cuda) == torch.float32
 
 
 def test_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tokenizer, tmp_path):
