@@ -1,7 +1,7 @@
 """Training throughput on a GPU: DS-LoRA + SLSD against one PEFT LoRA of the same total rank, same model and settings.
 
     python bench/bench_gpu_throughput.py [--layers 22 --hidden 2048 --intermediate 5632]   (~1.1B LLaMA, random)
-                                         [--batch 8] [--seq_len 1024] [--steps 20] [--kd_every 10]
+                                         [--batch 8] [--seq_len 1024] [--steps 200] [--kd_every 10]
 
 A LLaMA-architecture model with random weights (no download) in bf16; LoRA branches in fp32 under bf16 autocast;
 DS-LoRA r_s + r_f = 8 + 8 on the upper half of the layers against PEFT LoRA r = 16 on the same modules. The DS-LoRA
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq_len", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--kd_every", type=int, default=10)
     parser.add_argument("--probe_candidates", type=int, default=32)
     parser.add_argument("--peak_tflops", type=float, default=989.0)
