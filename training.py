@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -93,7 +94,8 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     ``loss_fn(model, batch)`` is the per-micro-batch loss (default: the supervised loss; a method may add terms that
     need the batch), and ``optimizer_factory()`` builds the optimizer (default: AdamW over DS-LoRA's slow and fast
     groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own
-    forward pass and decides which parameters its gradient reaches. ``on_step(step, snapshot)`` is called after every
+    forward pass and decides which parameters its gradient reaches, and it is backpropagated with the step's last
+    micro-batch. ``on_step(step, snapshot)`` is called after every
     step; ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a
     snapshot) continues exactly where it was taken: optimizer, schedule, RNG and data position. Non-finite losses
     are skipped and counted; ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
@@ -112,6 +114,17 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
         stats = StageStats(**resume["stats"])
         first_step = resume["step"] + 1
     compute_loss = LossModule(model, loss_fn or supervised_loss)
+
+    def backward(loss: torch.Tensor, last_micro: bool) -> None:
+        """loss.backward(), through the accelerator when there is one. DeepSpeed clips and steps its optimizer
+        inside its backward, so it is told which micro-batch ends the optimizer step."""
+        if accelerator is None:
+            loss.backward()
+        elif accelerator.distributed_type == DistributedType.DEEPSPEED:
+            accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=last_micro)
+        else:
+            accelerator.backward(loss)
+
     world = accelerator.num_processes if accelerator is not None else 1
     if accelerator is not None:
         compute_loss, optimizer, loader = accelerator.prepare(compute_loss, optimizer, loader)
@@ -128,7 +141,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     with (log_path.open("a") if main else nullcontext()) as log, \
             tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True, disable=not main) as bar:
         for step in range(first_step, total_steps + 1):
-            step_losses, checksum = [], 0
+            step_losses, checksum, extra = [], 0, None
             for micro in range(config.grad_accum_steps):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
                 checksum += int(batch["input_ids"][batch["attention_mask"].bool()].sum())  # which samples this process saw
@@ -136,6 +149,10 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 sync = accelerator.no_sync(compute_loss) if accelerator is not None and not last_micro else nullcontext()
                 with sync, (autocast(device, amp_dtype) if accelerator is None else nullcontext()):
                     loss = compute_loss(batch)
+                if last_micro and aux_loss is not None:
+                    # A method's own term (SLSD's KD) joins the last micro-batch's backward: one backward per
+                    # micro-batch (DeepSpeed steps inside it), and DDP averages the term like the rest.
+                    extra = aux_loss(step)
                 finite = torch.isfinite(loss.detach())
                 if world > 1:  # every process skips, or none does
                     finite = accelerator.reduce(finite.float(), "min").bool()
@@ -146,9 +163,10 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                         raise NonFiniteLossError(
                             f"{in_row} non-finite losses in a row at step {step} of {desc}; lower the learning rates, "
                             f"use --precision fp32, or check the data")
-                    if world > 1:  # complete DDP's gradient reduction with zeros instead of the bad loss
+                    if world > 1 or extra is not None:  # DDP's reduction still runs (zeros for the bad loss)
                         with sync:
-                            accelerator.backward(sum(p.sum() for p in params) * 0.0)
+                            backward(sum(p.sum() for p in params) * 0.0 + (extra if extra is not None else 0.0),
+                                     last_micro)
                     continue
                 in_row = 0
                 if world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
@@ -156,12 +174,9 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                     loss = loss * local * world / accelerator.reduce(local.clone(), "sum")
                 scaled = loss / config.grad_accum_steps
                 with sync:
-                    accelerator.backward(scaled) if accelerator is not None else scaled.backward()
+                    backward(scaled + extra if extra is not None else scaled, last_micro)
                 step_losses.append(loss.item())
                 stats.tokens += int(batch["attention_mask"].sum())
-            extra = aux_loss(step) if aux_loss is not None else None
-            if extra is not None:
-                accelerator.backward(extra) if accelerator is not None else extra.backward()
             max_norm = config.max_grad_norm or float("inf")
             grad_norm = (accelerator.clip_grad_norm_(params, max_norm) if accelerator is not None
                          else torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -181,7 +196,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 checksums = [checksum]
             if main and logged:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
+                           grad_norm=float("nan") if grad_norm is None else float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
                            input_checksums=checksums)
                 if extra is not None:
                     row["aux_loss"] = float(extra.detach())

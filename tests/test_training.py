@@ -73,6 +73,29 @@ def test_a_bf16_base_trains_fp32_adapters_under_bf16_autocast(tokenizer, tmp_pat
     assert all(m.delta_weight().abs().sum() > 0 for m in dslora.modules.values())  # B moved off zero
 
 
+def test_the_aux_loss_joins_the_last_micro_batchs_backward(tokenizer, tmp_path):
+    """One backward per micro-batch, the aux term (SLSD's KD) riding on the last one: DeepSpeed steps its optimizer
+    inside each backward it is told ends a step, and DDP then averages the aux term like the supervised loss."""
+    config = build_config("smoke", overrides=dict(grad_accum_steps=2, max_steps=3))
+    model = load_model(config)
+    dslora = DSLoRA.from_config(model, config)
+    loader = make_loader(SFTDataset.from_file(FIXTURES / "alpaca.jsonl", tokenizer, config.max_seq_len),
+                         config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
+    slow = dslora.slow_parameters()[0]
+    backwards, aux_calls = [], []
+    slow.register_hook(lambda grad: backwards.append(1))  # runs once per backward pass that reaches the parameter
+
+    def aux_loss(step: int) -> torch.Tensor:
+        aux_calls.append(step)
+        return sum(p.square().sum() for p in dslora.slow_parameters()) * 1e-3
+
+    log = tmp_path / "aux.jsonl"
+    train_stage(model, dslora, loader, config, config.max_steps, log, torch.device("cpu"), None, aux_loss=aux_loss)
+    assert aux_calls == [1, 2, 3]
+    assert len(backwards) == config.max_steps * config.grad_accum_steps  # not one more per step for the aux term
+    assert all("aux_loss" in json.loads(line) for line in log.read_text().splitlines())
+
+
 def poison_losses(monkeypatch, is_nan):
     """Make the n-th training loss NaN whenever ``is_nan(n)``."""
     import training
