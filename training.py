@@ -95,10 +95,10 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     need the batch), and ``optimizer_factory()`` builds the optimizer (default: AdamW over DS-LoRA's slow and fast
     groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own
     forward pass and decides which parameters its gradient reaches, and it is backpropagated with the step's last
-    micro-batch. ``on_step(step, snapshot)`` is called after every
-    step; ``snapshot()`` returns the state a checkpoint needs (built only when asked for); ``resume`` (such a
-    snapshot) continues exactly where it was taken: optimizer, schedule, RNG and data position. Non-finite losses
-    are skipped and counted; ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError.
+    micro-batch. ``on_step(step, snapshot)`` is called after every step; ``snapshot()`` returns the state a
+    checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly where it was taken:
+    optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted; ``max_nonfinite_in_row`` of
+    them in a row raise NonFiniteLossError.
 
     With an ``accelerator`` (distributed.py) the loss module, optimizer and loader go through ``accelerator.prepare``
     (DDP / FSDP / DeepSpeed, mixed precision with loss scaling), batches are split across processes and only the
@@ -196,7 +196,8 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 checksums = [checksum]
             if main and logged:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float("nan") if grad_norm is None else float(grad_norm), tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
+                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # None: DeepSpeed kept none
+                           tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
                            input_checksums=checksums)
                 if extra is not None:
                     row["aux_loss"] = float(extra.detach())
