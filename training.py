@@ -153,6 +153,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                     # A method's own term (SLSD's KD) joins the last micro-batch's backward: one backward per
                     # micro-batch (DeepSpeed steps inside it), and DDP averages the term like the rest.
                     extra = aux_loss(step)
+                aux_term = extra if extra is not None else 0.0
                 finite = torch.isfinite(loss.detach())
                 if world > 1:  # every process skips, or none does
                     finite = accelerator.reduce(finite.float(), "min").bool()
@@ -165,8 +166,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                             f"use --precision fp32, or check the data")
                     if world > 1 or extra is not None:  # DDP's reduction still runs (zeros for the bad loss)
                         with sync:
-                            backward(sum(p.sum() for p in params) * 0.0 + (extra if extra is not None else 0.0),
-                                     last_micro)
+                            backward(sum(p.sum() for p in params) * 0.0 + aux_term, last_micro)
                     continue
                 in_row = 0
                 if world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
@@ -174,7 +174,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                     loss = loss * local * world / accelerator.reduce(local.clone(), "sum")
                 scaled = loss / config.grad_accum_steps
                 with sync:
-                    backward(scaled + extra if extra is not None else scaled, last_micro)
+                    backward(scaled + aux_term, last_micro)
                 step_losses.append(loss.item())
                 stats.tokens += int(batch["attention_mask"].sum())
             max_norm = config.max_grad_norm or float("inf")
@@ -196,7 +196,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 checksums = [checksum]
             if main and logged:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # None: DeepSpeed kept none
+                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # DeepSpeed: may be None
                            tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
                            input_checksums=checksums)
                 if extra is not None:

