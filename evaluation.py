@@ -1,20 +1,35 @@
 """Evaluate a model on a task split: batched greedy generation, the task metric, format compliance and eval loss.
 
+Which samples: ``select_samples`` draws a seeded subset of the split, stratified by group (T5: harmful / benign),
+the same for every method, seed and stage. How long an answer may be: ``generation_budget`` gives each task a
+budget that covers its evaluated references (``max_new_tokens`` > 0 overrides it, deliberately, with a warning where
+it is shorter), and every evaluation reports the share of answers that hit it (``cutoff_rate``, from the tokens
+``generate`` produced). How sure: every score carries a 95 % bootstrap interval over its samples (cl_metrics.py).
+
 Generation is batched with left padding (so every prompt ends where generation starts), uses the KV cache, stops
-each sequence at the end-of-turn token, and sorts prompts by length so that a batch wastes little padding.
+each sequence at the end-of-turn token or at its own budget, and sorts prompts by length so that a batch wastes
+little padding.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from cl_metrics import group_mean, score_ci
 from distributed import gather_indexed, shard
-from metrics import MAX_NEW_TOKENS, score_sample
+from metrics import score_sample
 from training import autocast, response_positions
 from utils_data import IGNORE_INDEX, render, tokenize_messages
+
+BUDGET_SLACK = 0.25  # a task's budget: its longest reference answer + 25 % of it ...
+BUDGET_MIN_SLACK = 16  # ... and at least 16 tokens more (a correct answer may be worded longer than the reference)
+CUTOFF_FLAG = 0.5  # an evaluation whose share of cut-off answers exceeds this is flagged (mostly_cut_off)
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -24,11 +39,88 @@ def prompt_messages(record: dict) -> list[dict]:
     return messages[:last]
 
 
+# ---- which samples ---------------------------------------------------------------------------------------------
+def group_of(record: dict) -> str:
+    """A record's stratum: its ``group`` field, else harmful / benign where it has ``harmful`` (T5), else ""."""
+    if "group" in record:
+        return str(record["group"])
+    if "harmful" in record:
+        return "harmful" if record["harmful"] else "benign"
+    return ""
+
+
+def select_samples(records: list[dict], n: int, seed: int) -> list[dict]:
+    """The evaluated subset of a split: ``n`` records (all when n is 0 or ≥ len), in file order, drawn with ``seed``
+    alone (not the run's seed), so every method, seed and stage scores the same samples.
+
+    Stratified: each group (``group_of``) gets its share n·size/len by largest remainder, and at least one sample
+    while n allows one per group (T5 always keeps benign prompts), drawn uniformly within the group.
+    """
+    if not n or n >= len(records):
+        return list(records)
+    labels = [group_of(r) for r in records]
+    groups = {g: [i for i, label in enumerate(labels) if label == g] for g in dict.fromkeys(labels)}  # file order
+    quotas = {g: n * len(members) / len(records) for g, members in groups.items()}
+    take = {g: math.floor(q) for g, q in quotas.items()}
+    for g in sorted(groups, key=lambda g: take[g] - quotas[g])[:n - sum(take.values())]:  # largest remainders
+        take[g] += 1
+    if n >= len(groups):  # a group with a share of 0 takes one sample from the largest share
+        for g in [g for g in groups if take[g] == 0]:
+            take[max(take, key=take.get)] -= 1
+            take[g] = 1
+    rng = np.random.default_rng(seed)
+    chosen = [i for g, members in groups.items() for i in rng.permutation(members)[:take[g]]]
+    return [records[i] for i in sorted(chosen)]
+
+
+# ---- how long an answer may be ---------------------------------------------------------------------------------
+@dataclass
+class Budget:
+    """A task's generation budget."""
+    tokens: int  # max_new_tokens of every generation of the task
+    reference_tokens: int  # longest reference answer of the evaluated samples, end-of-turn token included
+    override: bool  # set by config.max_new_tokens rather than from the references
+
+
+def reference_tokens(tokenizer, record: dict) -> int:
+    """Tokens the model needs to give the record's reference answer: its last assistant turn + end-of-turn."""
+    answer = record["messages"][len(prompt_messages(record))]["content"]
+    return len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1
+
+
+def generation_budget(tokenizer, records: list[dict], override: int, cap: int) -> Budget:
+    """``override`` tokens when > 0; else the longest reference answer L of the records plus max(16, ⌈0.25·L⌉),
+    at most ``cap``."""
+    longest = max(reference_tokens(tokenizer, r) for r in records)
+    if override:
+        return Budget(override, longest, True)
+    return Budget(min(cap, longest + max(BUDGET_MIN_SLACK, math.ceil(BUDGET_SLACK * longest))), longest, False)
+
+
+def warn_short_budgets(budgets: dict[str, Budget]) -> None:
+    """One line naming the tasks whose budget is below their longest reference (override or cap)."""
+    short = [f"{task} ({b.tokens} < {b.reference_tokens}{', override' if b.override else ', cap'})"
+             for task, b in budgets.items() if b.tokens < b.reference_tokens]
+    if short:
+        print(f"[budget] warning: max_new_tokens below the longest reference answer of {', '.join(short)}: "
+              f"answers can be cut off (each row's cutoff_rate says how many were)")
+
+
 def stop_token_ids(tokenizer, model) -> list[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+class RowBudget(StoppingCriteria):
+    """Stops each row after its own number of new tokens (``generate``'s max_new_tokens is one number per batch)."""
+
+    def __init__(self, start: int, budgets: torch.Tensor):
+        self.start, self.budgets = start, budgets
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return input_ids.shape[1] - self.start >= self.budgets
 
 
 @dataclass
@@ -49,11 +141,13 @@ def reference_for(tokenizer, record: dict, prompt_ids: list[int], max_seq_len: i
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, device: torch.device,
-             amp_dtype: torch.dtype | None, desc: str = "generate",
-             references: list[Reference | None] | None = None) -> tuple[list[str], list[tuple[float, int]]]:
-    """Greedy completions of rendered prompts, in the prompts' order, and the reference loss of each prompt
-    (summed token NLL, token count; (0, 0) without a reference).
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int | list[int], batch_size: int,
+             device: torch.device, amp_dtype: torch.dtype | None, desc: str = "generate",
+             references: list[Reference | None] | None = None
+             ) -> tuple[list[str], list[tuple[float, int]], list[bool]]:
+    """Greedy completions of rendered prompts, in the prompts' order; the reference loss of each prompt (summed
+    token NLL, token count; (0, 0) without a reference); and whether each completion was cut off (it produced its
+    whole budget, ``max_new_tokens`` — one for all or one per prompt — without a stop token).
 
     With references, each batch is one forward over [left padding | prompt | reference | right padding]: the
     supervised tokens give the eval loss, the KV cache is cut back to the prompt, and generation continues from it,
@@ -62,10 +156,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     was_training = model.training
     model.eval()
     references = references or [None] * len(prompts)
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     encoded_prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded_prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     losses: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    cut_off: list[bool] = [False] * len(prompts)
     stops, pad = stop_token_ids(tokenizer, model), tokenizer.pad_token_id
     try:
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, dynamic_ncols=True):
@@ -94,72 +190,93 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                             losses[i] = (float(nll), len(pos))
                 cache = out.past_key_values
                 cache.crop(-(tail + 1))  # keep the prompt but its last token, which generate feeds itself
+            limits = [budgets[i] for i in chunk]
             with autocast(device, amp_dtype):
                 generated = model.generate(input_ids=ids[:, :width], attention_mask=mask[:, :width],
-                                           past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
-                                           use_cache=True, eos_token_id=stops, pad_token_id=pad)
-            completions = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-            for index, text in zip(chunk, completions):
-                outputs[index] = text.strip()
+                                           past_key_values=cache, max_new_tokens=max(limits), do_sample=False,
+                                           use_cache=True, eos_token_id=stops, pad_token_id=pad,
+                                           stopping_criteria=StoppingCriteriaList([RowBudget(width, torch.tensor(
+                                               limits, device=device))]))
+            for row, (index, limit) in enumerate(zip(chunk, limits)):
+                new = generated[row, width:width + limit].tolist()  # past a row's own budget: padding
+                outputs[index] = tokenizer.decode(new, skip_special_tokens=True).strip()
+                cut_off[index] = len(new) == limit and not any(token in stops for token in new)
     finally:
         model.train(was_training)
-    return outputs, losses
+    return outputs, losses, cut_off
 
 
-def summarise(records: list[dict], results: list[dict]) -> dict:
-    """Means of every numeric field of the per-sample results; refusal tasks also split harmful / benign."""
+def summarise(records: list[dict], results: list[dict], resamples: int = 1000) -> dict:
+    """An evaluation's summary from its per-sample results.
+
+    score: the mean of the per-group means of the sample scores (``group_of``; the plain mean with one group), so
+    T5's score is the balanced accuracy mean(refusal rate on harmful, 1 − over-refusal rate on benign): refusing
+    everything scores 0.5. refusal_rate / over_refusal_rate: refusals among harmful / benign prompts.
+    format_rate, cutoff_rate and every other numeric field: means over the samples. Rates carry ``<rate>_ci``, 95 %
+    bootstrap intervals (stratified for the score); sample_scores / sample_groups keep the per-sample scores (in
+    sample order) for the joint intervals of the continual-learning figures.
+    """
     sums: dict[str, list[float]] = defaultdict(list)
     for result in results:
         for key, value in result.items():
-            if isinstance(value, (bool, int, float)) and key not in ("harmful",):
+            if isinstance(value, (bool, int, float)) and key not in ("harmful", "refused"):
                 sums[key].append(float(value))
     summary = {key: sum(values) / len(values) for key, values in sums.items()}
-    harmful = [r["refused"] for rec, r in zip(records, results) if "refused" in r and rec.get("harmful", True)]
-    benign = [r["refused"] for rec, r in zip(records, results) if "refused" in r and not rec.get("harmful", True)]
-    if harmful:
-        summary["refusal_rate"] = sum(harmful) / len(harmful)
-    if benign:
-        summary["over_refusal_rate"] = sum(benign) / len(benign)
+    scores, groups = [float(r["score"]) for r in results], [group_of(r) for r in records]
+    summary.update(score=group_mean(scores, groups), score_ci=score_ci(scores, groups, resamples),
+                   format_rate=summary.pop("format_ok", 0.0), sample_scores=scores, sample_groups=groups)
+    if "cut_off" in summary:
+        summary["cutoff_rate"] = summary.pop("cut_off")
+    for key, harmful in (("refusal_rate", True), ("over_refusal_rate", False)):
+        refused = [float(r["refused"]) for rec, r in zip(records, results)
+                   if "refused" in r and bool(rec.get("harmful", True)) == harmful]
+        if refused:
+            summary[key] = sum(refused) / len(refused)
+            summary[f"{key}_ci"] = score_ci(refused, [""] * len(refused), resamples)
     return summary
 
 
 def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config, device: torch.device,
                    amp_dtype: torch.dtype | None, label: str, accelerator=None) -> dict[str, tuple[dict, list[dict]]]:
-    """Score several tasks' records with the model as it is: {task: (summary with score, format_rate, eval_loss,
-    ...; per-sample rows)}.
+    """Score several tasks' records with the model as it is: {task: (summary with score, score_ci, format_rate,
+    eval_loss, cutoff_rate, max_new_tokens, ...; per-sample rows)}.
 
-    The prompts of all tasks that share a generation budget go through one length-sorted ``generate`` call, so short
+    The prompts of all tasks go through one length-sorted ``generate`` call, each with its task's budget, so short
     prompts of different tasks share batches (fewer decoding passes than task by task). With several processes each
     one generates and scores its share of the samples; the shares are gathered before the summaries.
     """
-    budgets = {task: config.max_new_tokens or MAX_NEW_TOKENS.get(records[0].get("metric", "exact_match"), 256)
+    budgets = {task: generation_budget(tokenizer, records, config.max_new_tokens, config.max_new_tokens_cap)
                for task, records in task_records.items()}
+    warn_short_budgets(budgets)
     prompts = {task: [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
                for task, records in task_records.items()}
-    per_sample: dict[str, list[tuple[str, tuple[float, int], dict]]] = {}  # task -> (output, (nll, tokens), scores)
-    for budget in sorted(set(budgets.values())):
-        group = [task for task in task_records if budgets[task] == budget]
-        items = [(task, r, p) for task in group for r, p in zip(task_records[task], prompts[task])]
-        mine = shard(items, accelerator)
-        references = [reference_for(tokenizer, r, tokenizer(p, add_special_tokens=False)["input_ids"], config.max_seq_len)
-                      for _, (_, r, p) in mine]
-        generated, nll = generate(model, tokenizer, [p for _, (_, _, p) in mine], budget, config.eval_batch_size,
-                                  device, amp_dtype, desc=f"generate {label} ({len(group)} tasks)", references=references)
-        scored = [(index, (out, loss, score_sample(r, out)))
-                  for (index, (_, r, _)), out, loss in zip(mine, generated, nll)]
-        for (task, _, _), result in zip(items, gather_indexed(scored, accelerator)):
-            per_sample.setdefault(task, []).append(result)
+    items = [(task, r, p) for task in task_records for r, p in zip(task_records[task], prompts[task])]
+    mine = shard(items, accelerator)
+    references = [reference_for(tokenizer, r, tokenizer(p, add_special_tokens=False)["input_ids"], config.max_seq_len)
+                  for _, (_, r, p) in mine]
+    generated, nll, cut_off = generate(model, tokenizer, [p for _, (_, _, p) in mine],
+                                       [budgets[task].tokens for _, (task, _, _) in mine], config.eval_batch_size,
+                                       device, amp_dtype, desc=f"generate {label} ({len(task_records)} tasks)",
+                                       references=references)
+    scored = [(index, (out, loss, dict(score_sample(r, out), cut_off=cut)))
+              for (index, (_, r, _)), out, loss, cut in zip(mine, generated, nll, cut_off)]
+    per_sample: dict[str, list[tuple]] = defaultdict(list)  # task -> [(output, (nll, tokens), scores)]
+    for (task, _, _), result in zip(items, gather_indexed(scored, accelerator)):
+        per_sample[task].append(result)
     results = {}
     for task, records in task_records.items():
-        outputs, losses, scored = zip(*per_sample[task])
-        summary = summarise(records, list(scored))
-        summary["format_rate"] = summary.pop("format_ok", 0.0)
+        outputs, losses, scored_task = zip(*per_sample[task])
+        summary = summarise(records, list(scored_task), config.bootstrap_resamples)
         # Eval loss: token-weighted mean NLL of the references' supervised tokens (those within max_seq_len).
         total, count = sum(t for t, _ in losses), sum(c for _, c in losses)
-        summary["eval_loss"] = total / count if count else None
-        summary.update(samples=len(records), loss_samples=sum(c > 0 for _, c in losses),
-                       metric=records[0].get("metric", "exact_match"), max_new_tokens=budgets[task])
+        budget = budgets[task]
+        summary.update(eval_loss=total / count if count else None, samples=len(records),
+                       loss_samples=sum(c > 0 for _, c in losses), metric=records[0].get("metric", "exact_match"),
+                       max_new_tokens=budget.tokens, reference_tokens=budget.reference_tokens,
+                       budget_override=budget.override, mostly_cut_off=summary["cutoff_rate"] > CUTOFF_FLAG)
+        summary |= {key: summary.pop(key) for key in ("sample_scores", "sample_groups")}  # the long lists last
         rows = [dict(id=r.get("id"), prompt=p, output=o, **res)
-                for r, p, o, res in zip(records, prompts[task], outputs, scored)]
+                for r, p, o, res in zip(records, prompts[task], outputs, scored_task)]
         results[task] = (summary, rows)
     return results
+

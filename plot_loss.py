@@ -4,9 +4,11 @@
     python plot_loss.py single T1_general              # the latest train_single_task.py run of that task
     python plot_loss.py seq                            # the latest sequential run
 
-Per run: train_loss.png (raw and smoothed loss, stage boundaries), and for sequential runs eval_by_task.png (task
-score, format compliance and eval loss of every task across stages) and score_matrix.png (heatmap of R).
-Several sequential runs: comparison.png (AP, BWT and final per-task scores side by side) in every run folder.
+Per run: train_loss.png (raw loss, and its moving average restarted at every stage boundary, so that one task's
+loss never leaks into the next one's curve), and for sequential runs eval_by_task.png (task score with its 95 %
+interval, format compliance and eval loss of every task across stages) and score_matrix.png (heatmap of R with each
+cell's interval). Several sequential runs: comparison.png (AP, LA, BWT, FWT, forgetting and final per-task scores
+side by side, with their intervals as error bars) in every run folder.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cl_metrics import FIGURES, format_score  # noqa: E402
 from utils_data import read_rows  # noqa: E402
 
 
@@ -31,6 +34,17 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def smooth_by_stage(rows: list[dict]) -> list[float]:
+    """``smooth`` of the loss, restarted where a stage starts (its ``stage_step`` count begins again)."""
+    out: list[float] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i].get("stage_step", 0) <= rows[i - 1].get("stage_step", -1):
+            out += smooth([r["loss"] for r in rows[start:i]])
+            start = i
+    return out
+
+
 def plot_train_loss(run: Path) -> Path | None:
     rows = {r["step"]: r for r in read_rows(run / "train_loss.jsonl")}  # a resumed stage rewrites steps: keep last
     if not rows:
@@ -39,7 +53,7 @@ def plot_train_loss(run: Path) -> Path | None:
     losses = [rows[s]["loss"] for s in steps]
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(steps, losses, alpha=0.3, label="loss")
-    ax.plot(steps, smooth(losses), label="smoothed")
+    ax.plot(steps, smooth_by_stage([rows[s] for s in steps]), label="smoothed (per stage)")
     if any("aux_loss" in rows[s] for s in steps):
         kd = [s for s in steps if "aux_loss" in rows[s]]
         ax.plot(kd, [rows[s]["aux_loss"] for s in kd], ".", markersize=3, label="SLSD KD loss")
@@ -65,9 +79,12 @@ def plot_eval(run: Path) -> list[Path]:
     for task in tasks:
         by_stage = {r["stage"]: r for r in rows if r["task"] == task}
         xs = [s for s in range(-1, len(stages) - 1) if s in by_stage]
-        for ax, key in zip(axes, ("score", "format_rate", "eval_loss")):
+        scores = [by_stage[x]["score"] for x in xs]
+        axes[0].errorbar([x + 1 for x in xs], scores, yerr=error_bars(scores, [by_stage[x]["score_ci"] for x in xs]),
+                         marker="o", capsize=3, label=task)
+        for ax, key in zip(axes[1:], ("format_rate", "eval_loss")):
             ax.plot([x + 1 for x in xs], [by_stage[x].get(key) for x in xs], marker="o", label=task)
-    for ax, title in zip(axes, ("task score", "format compliance", "eval loss (references)")):
+    for ax, title in zip(axes, ("task score (95 % interval)", "format compliance", "eval loss (references)")):
         ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
@@ -75,22 +92,25 @@ def plot_eval(run: Path) -> list[Path]:
                  fontsize=9)
     written = [_save(fig, run / "eval_by_task.png")]
     fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 3, 0.6 * len(stages) + 2))
-    matrix = [summary["base_scores"]] + summary["R"]
+    matrix, intervals = [summary["base_scores"]] + summary["R"], [summary["base_ci"]] + summary["R_ci"]
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, max(max(r) for r in matrix)))
-    for i, row in enumerate(matrix):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 * image.get_clim()[1] else "black")
+    for i, (row, cis) in enumerate(zip(matrix, intervals)):
+        for j, (value, (lo, hi)) in enumerate(zip(row, cis)):
+            ax.text(j, i, f"{value:.2f}\n[{lo:.2f}, {hi:.2f}]", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.5 * image.get_clim()[1] else "black")
     ax.set_xticks(range(len(tasks)), tasks, rotation=30)
     ax.set_yticks(range(len(stages)), stages)
-    ax.set_title(f"R[stage][task]  AP {summary['AP']:.3f}  BWT {summary['BWT'] or 0:+.3f}")
+    ax.set_title(f"R[stage][task] [95 % interval]  AP {format_score(summary['AP'], summary['AP_ci'])}  "
+                 f"BWT {format_score(summary['BWT'], summary['BWT_ci'], sign=True)}", fontsize=9)
     fig.colorbar(image)
     written.append(_save(fig, run / "score_matrix.png"))
     return written
 
 
 def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
-    """AP, BWT, FWT, forgetting and the final per-task scores of several runs side by side (``labels``: one name per
-    run, default the folder names); written into each run folder as comparison.png, or to ``out`` only."""
+    """AP, LA, BWT, FWT, forgetting and the final per-task scores of several runs side by side, each with its 95 %
+    interval as an error bar (``labels``: one name per run, default the folder names); written into each run folder
+    as comparison.png, or to ``out`` only."""
     named = [(run, name) for run, name in zip(runs, labels or [run.name for run in runs])
              if (run / "summary.json").is_file()]
     if len(named) < 2:
@@ -99,16 +119,19 @@ def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str]
     names = [name for name, _ in summaries]
     colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(14, 1.1 * len(names)), 4.5))
-    for offset, key in enumerate(("AP", "BWT", "FWT", "forgetting")):
-        left.bar([i + offset * 0.2 for i in range(len(names))], [s[key] or 0 for _, s in summaries], 0.2, label=key)
-    left.set_xticks([i + 0.3 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8)
+    for offset, key in enumerate(FIGURES):
+        values = [s[key] or 0 for _, s in summaries]
+        left.bar([i + offset * 0.16 for i in range(len(names))], values, 0.16, label=key,
+                 yerr=error_bars(values, [s[f"{key}_ci"] for _, s in summaries]), capsize=2)
+    left.set_xticks([i + 0.32 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8)
     left.axhline(0, color="black", linewidth=0.5)
     left.legend()
     tasks = summaries[0][1]["tasks"]
     width = 0.8 / len(summaries)
     for k, (name, summary) in enumerate(summaries):
-        right.bar([i + k * width for i in range(len(tasks))], [summary["final_scores"].get(t, 0) for t in tasks],
-                  width, label=name, color=colors[k % len(colors)])
+        values = [summary["final_scores"].get(t, 0) for t in tasks]
+        right.bar([i + k * width for i in range(len(tasks))], values, width, label=name, color=colors[k % len(colors)],
+                  yerr=error_bars(values, [summary["final_ci"].get(t) for t in tasks]), capsize=2)
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -117,6 +140,12 @@ def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str]
         fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def error_bars(values: list[float], intervals: list[list[float] | None]) -> list[list[float]]:
+    """matplotlib's yerr ([below], [above]) from [lo, hi] intervals (none: no bar)."""
+    pairs = [(max(0.0, v - ci[0]), max(0.0, ci[1] - v)) if ci else (0.0, 0.0) for v, ci in zip(values, intervals)]
+    return [[below for below, _ in pairs], [above for _, above in pairs]]
 
 
 def _save(fig, path: Path) -> Path:
@@ -159,4 +188,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run  # data and config errors: one line on stderr, exit 2
+
+    run(main)

@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from cl_metrics import continual_metrics
+from cl_metrics import figures_with_ci, format_score, run_samples
 from configs.base_config import Config, save_config
 from distributed import make_accelerator, tracker_config
-from evaluation import evaluate_tasks
+from evaluation import CUTOFF_FLAG, evaluate_tasks, select_samples
 from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
-from training import num_optimizer_steps, train_stage
-from utils_data import SFTDataset, read_jsonl, read_rows, task_file
+from training import check_finite_parameters, num_optimizer_steps, train_stage
+from utils_data import SFTDataset, read_rows, read_task, task_name
 
 
 class RunConflictError(RuntimeError):
@@ -116,8 +116,9 @@ class Sequence:
             if (stage, task) not in self.rows:
                 groups.setdefault(self.method.eval_key(task), []).append(task)
         for key, group in groups.items():
-            records = {task: read_jsonl(task_file(task, self.config.eval_split, self.config.data_dir),
-                                        self.config.skip_bad_lines, self.config.max_eval_samples)[0] for task in group}
+            records = {task: select_samples(read_task(task, self.config.eval_split, self.config.data_dir,
+                                                      self.config.skip_bad_lines)[0],
+                                            self.config.max_eval_samples, self.config.eval_subset_seed) for task in group}
             with self.method.inference(key):
                 results = evaluate_tasks(self.model, self.tokenizer, records, self.config, self.device,
                                          self.amp_dtype, label, self.accelerator)
@@ -126,7 +127,7 @@ class Sequence:
                 self.rows[(stage, task)] = row
                 if not self.main:
                     continue
-                with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task}.jsonl").open("w") as handle:
+                with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task_name(task)}.jsonl").open("w") as handle:
                     handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
                 with self.eval_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
@@ -137,7 +138,7 @@ class Sequence:
     # ---- one stage -----------------------------------------------------------------------------------------------
     @staticmethod
     def stage_name(tasks: list[str]) -> str:
-        return Path(tasks[0]).stem if len(tasks) == 1 else "multitask"
+        return task_name(tasks[0]) if len(tasks) == 1 else "multitask"
 
     def stage_dir(self, stage: int, tasks: list[str]) -> Path:
         return self.ckpt_dir / f"stage_{stage}_{self.stage_name(tasks)}"
@@ -157,8 +158,8 @@ class Sequence:
     def save_stage(self, stage: int, tasks: list[str]) -> None:
         def write(folder: Path) -> None:
             self.write_state(folder)
-            if self.config.export_peft:
-                self.dslora.export_peft(folder / "peft", resolve_model_path(self.config.model_name, self.config.model_cache_dir))
+            if self.config.export_peft:  # the model the method evaluates (methods/base.py, Method.export)
+                self.method.export(folder, resolve_model_path(self.config.model_name, self.config.model_cache_dir))
 
         if self.main:
             atomic_dir(self.stage_dir(stage, tasks), write)
@@ -169,7 +170,7 @@ class Sequence:
         """The training split of the stage's tasks (several for multi-task: their union)."""
         config, records, problems = self.config, [], []
         for task in tasks:
-            rows, bad = read_jsonl(task_file(task, "train", config.data_dir), config.skip_bad_lines, config.max_train_samples)
+            rows, bad = read_task(task, "train", config.data_dir, config.skip_bad_lines, config.max_train_samples)
             records += rows
             problems += bad
         return SFTDataset(records, self.tokenizer, config.max_seq_len, ",".join(tasks), problems)
@@ -190,12 +191,15 @@ class Sequence:
 
         def after_step(step: int, snapshot) -> None:
             self.method.after_step(step)
-            if config.save_every and step % config.save_every == 0 and self.main:
-                def write(folder: Path) -> None:
-                    self.write_state(folder)
-                    torch.save(snapshot(), folder / "trainer_state.pt")
+            if config.save_every and step % config.save_every == 0:
+                # a non-finite parameter stops the stage here: the last good partial checkpoint stays
+                check_finite_parameters(self.model, f"after step {step} of stage {stage + 1} {name}", self.accelerator)
+                if self.main:
+                    def write(folder: Path) -> None:
+                        self.write_state(folder)
+                        torch.save(snapshot(), folder / "trainer_state.pt")
 
-                atomic_dir(partial, write)
+                    atomic_dir(partial, write)
 
         loader = self.method.train_loader(stage, train)
         steps = num_optimizer_steps(config, len(loader)) * (len(tasks) if config.max_steps else 1)  # max_steps is per task
@@ -235,16 +239,30 @@ class Sequence:
         return summary
 
     def summary(self) -> dict:
+        """The score matrix with each cell's 95 % interval, AP / LA / BWT / FWT / forgetting with joint intervals
+        (cl_metrics.py: the same resampled samples in every row), the loss, format and cut-off matrices, the
+        evaluations flagged as mostly cut off, T5's refusal rates after the last stage, and the training costs."""
         tasks, stages = self.config.tasks, range(len(self.stages))
         matrix = lambda key, rows: [[self.rows[(s, t)].get(key) for t in tasks] for s in rows]  # noqa: E731
         R, base = matrix("score", stages), [self.rows[(-1, t)]["score"] for t in tasks]
-        transfer = continual_metrics(R, base) if len(self.stages) == len(tasks) else dict(
-            AP=sum(R[-1]) / len(tasks), BWT=None, FWT=None, forgetting=None)  # multi-task: one stage, no transfer
+        figures = figures_with_ci(*run_samples(self.rows, tasks, len(self.stages)),
+                                  self.config.bootstrap_resamples)  # multi-task (one stage): AP only
+        names = ["base", *(self.stage_name(t) for t in self.stages)]
+        cut_off = [dict(after=names[s + 1], task=t, cutoff_rate=self.rows[(s, t)]["cutoff_rate"])
+                   for s in (-1, *stages) for t in tasks if self.rows[(s, t)]["mostly_cut_off"]]
+        last = {t: self.rows[(len(self.stages) - 1, t)] for t in tasks}
+        rates = {t: {k: v for k, v in row.items() if k.startswith(("refusal_rate", "over_refusal_rate"))}
+                 for t, row in last.items() if "refusal_rate" in row}
         return dict(run=self.log_dir.name, log_dir=str(self.log_dir), method=self.config.method, tasks=tasks,
-                    stage_names=[self.stage_name(t) for t in self.stages], base_scores=base, R=R,
+                    stage_names=names[1:], base_scores=base, base_ci=matrix("score_ci", [-1])[0], R=R,
+                    R_ci=matrix("score_ci", stages), **figures,
                     loss_matrix=matrix("eval_loss", stages), base_losses=matrix("eval_loss", [-1])[0],
-                    format_matrix=matrix("format_rate", stages), **transfer,
-                    final_scores=dict(zip(tasks, R[-1])), stages=[self.stage_info[s] for s in stages],
+                    format_matrix=matrix("format_rate", stages), cutoff_matrix=matrix("cutoff_rate", stages),
+                    base_cutoff=matrix("cutoff_rate", [-1])[0], max_new_tokens=matrix("max_new_tokens", [-1])[0],
+                    reference_tokens=matrix("reference_tokens", [-1])[0],
+                    budget_override=self.config.max_new_tokens > 0, mostly_cut_off=cut_off, final_refusal_rates=rates,
+                    final_scores=dict(zip(tasks, R[-1])), final_ci=dict(zip(tasks, matrix("score_ci", stages)[-1])),
+                    samples=matrix("samples", [-1])[0], stages=[self.stage_info[s] for s in stages],
                     trainable_params=self.stage_info[len(self.stages) - 1].get("trainable_params"),
                     peak_memory_mb=max(self.stage_info[s]["peak_memory_mb"] for s in stages),
                     train_wall_s=round(sum(self.stage_info[s]["wall_s"] for s in stages), 1),
@@ -252,14 +270,28 @@ class Sequence:
 
 
 def format_summary(summary: dict) -> str:
-    """The score matrix (rows: after each stage) and the continual-learning figures, as a terminal table."""
+    """The score matrix (rows: base, then after each stage) with 95 % intervals, the continual-learning figures
+    with theirs, T5's refusal rates and the evaluations whose answers were mostly cut off, as terminal text."""
     tasks = summary["tasks"]
-    width = max(10, *(len(t) for t in tasks))
+    width = max(22, *(len(t) for t in tasks))
+    cut = {(c["after"], c["task"]) for c in summary["mostly_cut_off"]}
     head = "after stage".ljust(16) + "".join(t.rjust(width + 2) for t in tasks)
-    lines = [head, "-" * len(head), "base".ljust(16) + "".join(f"{v:{width + 2}.3f}" for v in summary["base_scores"])]
-    for task, row in zip(summary.get("stage_names", tasks), summary["R"]):
-        lines.append(task.ljust(16) + "".join(f"{v:{width + 2}.3f}" for v in row))
-    figures = "  ".join(f"{k} {summary[k]:+.3f}" if summary[k] is not None else f"{k} -"
-                        for k in ("AP", "BWT", "FWT", "forgetting"))
+    lines = [head, "-" * len(head)]
+    for name, row, cis in zip(["base", *summary["stage_names"]], [summary["base_scores"], *summary["R"]],
+                              [summary["base_ci"], *summary["R_ci"]]):
+        lines.append(name.ljust(16) + "".join((format_score(v, ci) + ("*" if (name, t) in cut else " ")).rjust(width + 2)
+                                              for t, v, ci in zip(tasks, row, cis)))
+    figures = "  ".join(f"{k} {format_score(summary[k], summary[f'{k}_ci'], sign=k != 'AP' and k != 'LA')}"
+                        for k in ("AP", "LA", "BWT", "FWT", "forgetting"))
     wall = sum(s["wall_s"] for s in summary["stages"])
-    return "\n".join(lines + ["", f"{figures}   (training wall time {wall:.0f} s)"])
+    lines += ["", f"{figures}   (95 % bootstrap intervals over {min(summary['samples'])}-{max(summary['samples'])} "
+                  f"samples per task; training wall time {wall:.0f} s)"]
+    for task, rates in summary["final_refusal_rates"].items():
+        lines.append(f"{task} after the last stage: refusal rate (harmful) "
+                     f"{format_score(rates['refusal_rate'], rates['refusal_rate_ci'])}, over-refusal rate (benign) "
+                     f"{format_score(rates.get('over_refusal_rate'), rates.get('over_refusal_rate_ci'))}")
+    if cut:
+        lines.append(f"* mostly cut off: more than {CUTOFF_FLAG:.0%} of the answers hit the generation budget"
+                     f"{' (the max_new_tokens override)' if summary['budget_override'] else ''}; such a score "
+                     "measures the budget as much as the model")
+    return "\n".join(lines)

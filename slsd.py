@@ -16,14 +16,25 @@ distillation loss
     L_KD = λ · T² · KL(p_teacher ‖ p_student)   over response tokens, on the k+1 buckets (top-k ids + tail),
 
 computed with the fast branch in the forward pass but out of the autograd graph, so L_KD reaches only the slow
-branch; the fast branch learns from the supervised loss alone. (The KL over the coarsened k+1-bucket
-distribution is exact for that coarsening and a lower bound of the full-vocabulary KL.)
+branch. (The KL over the coarsened k+1-bucket distribution is exact for that coarsening and a lower bound of the
+full-vocabulary KL.)
+
+The fast branch learns from the supervised loss alone, through three rules:
+  * no gradient: the fast branch is detached in the KD forward (above);
+  * no random numbers: the teacher pass runs in eval mode (no dropout: it draws nothing), and the KD pass runs in
+    train mode (dropout on, like the supervised pass) inside ``torch.random.fork_rng`` on a stream of its own, seeded
+    by (seed, stage, step), so the training stream, and with it every later dropout mask, is what it would be
+    without SLSD;
+  * no shared clipping: training.py clips each optimizer group on its own, so the KD gradient of the slow branch
+    cannot shrink the fast branch's update when clipping engages.
+The fast branch still moves differently through the slow branch's effect on the supervised loss: that is the method.
 """
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +95,18 @@ def build_probe_buffer(model, dataset, indices: list[int], config, device: torch
     return kept[:config.probe_size]
 
 
+@contextmanager
+def own_random_stream(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block on a random stream of its own (CPU and ``device`` seeded with ``seed``); the training stream is
+    restored untouched afterwards."""
+    devices = [device] if device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else None):
+        torch.random.default_generator.manual_seed(seed)
+        if devices:  # the current device's generator, which dropout draws from on an accelerator
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
 def kd_loss(model, dslora: DSLoRA, probes: list[ProbeSample], config, device: torch.device,
             amp_dtype: torch.dtype | None) -> torch.Tensor:
     """λ·T²·KL(teacher ‖ student) on the probes' response tokens; gradient to the slow branch only
@@ -131,10 +154,12 @@ class SLSD:
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
         """L_KD at steps ≡ kd_every/2 (mod kd_every), on a probe batch drawn from a (seed, stage, step)-seeded
-        generator."""
+        generator, its dropout masks from a stream of the same seed (the training stream is left as it was)."""
         if not self.probes or step % self.config.kd_every != self.config.kd_every // 2:
             return None
-        generator = torch.Generator().manual_seed((self.config.seed * 1000 + self.stage) * 100_000 + step)
+        seed = (self.config.seed * 1000 + self.stage) * 100_000 + step
         size = min(self.config.kd_batch_size, len(self.probes))
-        chosen = torch.randperm(len(self.probes), generator=generator)[:size].tolist()
-        return kd_loss(self.model, self.dslora, [self.probes[i] for i in chosen], self.config, self.device, self.amp_dtype)
+        chosen = torch.randperm(len(self.probes), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+        with own_random_stream(seed, self.device):
+            return kd_loss(self.model, self.dslora, [self.probes[i] for i in chosen], self.config, self.device,
+                           self.amp_dtype)

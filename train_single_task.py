@@ -1,27 +1,45 @@
-"""Train DS-LoRA on one task and report its eval loss.
+"""Train one method (default: DS-LoRA) on one task and report its eval loss.
 
     python train_single_task.py --task T2_math [--preset smoke] [--config my.yaml] [--lr_fast 1e-4 ...]
+    python train_single_task.py --task T2_math --method seq_lora --lr_lora 5e-4    # a baseline's single-task form
     python train_single_task.py --task path/to/train.jsonl      # val.jsonl beside it, or a 10% hold-out
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 train_single_task.py --task T2_math --device cpu   (2 processes)
 
-Writes logs/<run>/{config.json,train_loss.jsonl,eval.json} and checkpoints/<run>/{adapters.safetensors,peft/}.
+``--method`` picks the method (methods/) and this script runs its first stage on the one task, through the same
+hooks and training loop as the sequence: its adapters, optimizer, loss, per-step terms and evaluated weights. Fields
+that act only from a sequence's second task on (replay, distillation, penalties against earlier tasks), or only in
+the sequential evaluation, are refused on the command line instead of being ignored (``SEQUENCE_ONLY``).
+
+Writes logs/<run>/{config.json,train_loss.jsonl,eval.json} and checkpoints/<run>/{adapters.safetensors,peft/} (plus
+method_state.pt for a method that carries more than adapters, e.g. GORP's full-rank weights).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import torch
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from configs.base_config import add_config_arguments, field_help, parse_config, save_config
+from configs.base_config import add_config_arguments, field_help, parse_config, parse_overrides, save_config
 from distributed import make_accelerator, tracker_config
-from models.ds_lora import DSLoRA
+from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import eval_loss, num_optimizer_steps, train_stage
 from utils_data import SFTDataset, make_loader, read_jsonl, split_holdout, task_file
+
+# Config fields a single-task run has no use for: they act from a sequence's second task on (there is no earlier task,
+# teacher, buffer or LoRA here), or in the sequential evaluation (generation, mid-stage checkpoints), or name the
+# sequence itself. Given on the command line, they are refused rather than silently ignored.
+SEQUENCE_ONLY = ("tasks", "eval_split", "eval_subset_seed", "max_new_tokens", "max_new_tokens_cap",
+                 "bootstrap_resamples", "sandbox_isolation", "save_every", "use_slsd", "probe_size",
+                 "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature", "kd_every",
+                 "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "replay_per_task", "replay_ratio",
+                 "ewc_lambda", "ewc_batches", "lwf_lambda", "lwf_temperature", "olora_lambda_orth", "ilora_lambda")
 
 
 def load_task(task: str, tokenizer, config) -> tuple[SFTDataset, SFTDataset]:
@@ -48,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--task", required=True, help="task name under data_dir, or a path to a .jsonl file")
     add_config_arguments(parser)
     args, config = parse_config(parser, argv)
+    refuse_sequence_fields(parser, argv)
     set_seed(config.seed)
     task_path = Path(args.task)
     task_name = args.task if not args.task.endswith(".jsonl") else (
@@ -66,22 +85,30 @@ def main(argv: list[str] | None = None) -> dict:
     amp_dtype = autocast_dtype(config, device)
     tokenizer = load_tokenizer(config)
     model = load_model(config, device)
-    dslora = DSLoRA.from_config(model, config)
-    print(f"[model] {type(model).__name__}: {dslora.num_layers} layers, lower {dslora.num_frozen} frozen without LoRA, "
-          f"{len(dslora.modules)} DS-LoRA layers, {dslora.num_trainable():,} trainable parameters")
+    method = make_method(model, tokenizer, config, device, amp_dtype)
+    dslora = method.dslora
+    print(f"[model] {type(model).__name__}, method {config.method}: {dslora.num_layers} layers, lower "
+          f"{dslora.num_frozen} frozen without LoRA, {len(dslora.modules)} adapted layers, "
+          f"{method.num_trainable():,} trainable parameters")
 
     train, val = load_task(args.task, tokenizer, config)
-    train_loader = make_loader(train, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed,
-                               group_by_length=config.group_by_length)
+    method.before_stage(0, [args.task], train)  # the task as the sequence would name it
+    train_loader = method.train_loader(0, train)
     val_loader = make_loader(val, config.eval_batch_size, tokenizer.pad_token_id, shuffle=False)
     total_steps = num_optimizer_steps(config, len(train_loader))
 
-    loss_before = eval_loss(model, val_loader, device, amp_dtype, desc="eval (before)")
-    stats = train_stage(model, dslora, train_loader, config, total_steps, log_dir / "train_loss.jsonl", device,
-                        amp_dtype, desc=f"train {task_name}", accelerator=accelerator)
-    loss_after = eval_loss(model, val_loader, device, amp_dtype, desc="eval (after)")
+    def evaluate(desc: str) -> float:
+        with method.inference(method.eval_key(args.task)):  # the weights the method evaluates (I-LoRA: its slow LoRA)
+            return eval_loss(model, val_loader, device, amp_dtype, desc=desc)
 
-    result = dict(task=task_name, run=run, eval_loss_before=loss_before, eval_loss=loss_after,
+    loss_before = evaluate("eval (before)")
+    stats = train_stage(model, dslora, train_loader, config, total_steps, log_dir / "train_loss.jsonl", device,
+                        amp_dtype, desc=f"train {task_name}", aux_loss=method.aux_loss,
+                        on_step=lambda step, _snapshot: method.after_step(step), optimizer_factory=method.optimizer,
+                        loss_fn=method.loss, accelerator=accelerator)
+    loss_after = evaluate("eval (after)")
+
+    result = dict(task=task_name, run=run, method=config.method, eval_loss_before=loss_before, eval_loss=loss_after,
                   optimizer_steps=stats.optimizer_steps, skipped_nonfinite=stats.skipped_nonfinite,
                   tokens=stats.tokens, train_wall_s=round(stats.wall_s, 2), final_train_loss=stats.last_loss,
                   train_samples=len(train), val_samples=len(val), processes=accelerator.num_processes)
@@ -89,8 +116,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not main:
         return result
     dslora.save(ckpt_dir / "adapters.safetensors")
+    if method.state_dict():
+        torch.save(method.state_dict(), ckpt_dir / "method_state.pt")
     if config.export_peft:
-        dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
+        with method.inference(method.eval_key(args.task)):  # the evaluated model's LoRA (I-LoRA: the slow one)
+            dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
     (log_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"[done] {task_name}: eval loss {loss_before:.4f} -> {loss_after:.4f} after {stats.optimizer_steps} steps "
           f"({stats.wall_s:.1f} s, {stats.skipped_nonfinite} non-finite skipped); "
@@ -98,5 +128,17 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def refuse_sequence_fields(parser, argv: list[str] | None) -> None:
+    """Exit 2 with one line when the command line sets a field of ``SEQUENCE_ONLY``."""
+    _, rest = parser.parse_known_args(argv)
+    given = [name for name in parse_overrides(rest) if name in SEQUENCE_ONLY]
+    if given:
+        print(f"{parser.prog}: error: config field '{given[0]}' has no effect in a single-task run (it acts in a "
+              f"sequence: use train_slsd_seq.py), so --{given[0]} is refused", file=sys.stderr)
+        raise SystemExit(2)
+
+
 if __name__ == "__main__":
-    main()
+    from cli import run  # data and config errors: one line on stderr, exit 2
+
+    run(main)

@@ -42,4 +42,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run  # data and config errors: one line on stderr, exit 2
+
+    run(main)

@@ -2,8 +2,14 @@
 
 Shared by train_single_task.py and the sequential engine. One optimizer step:
 
-    loss = (1/accum) Σ_micro CE(model(x), y)  over assistant tokens;  clip ‖∇‖ ≤ max_grad_norm;  AdamW step
+    loss = (1/accum) Σ_micro CE(model(x), y)  over assistant tokens  (+ the method's per-step term on the last one)
+    clip each group on its own: ‖∇_group‖ ≤ max_grad_norm;  AdamW step
     lr(t) = lr_group · warmup(t) · schedule(t)   with the slow and fast branches in their own groups
+
+A micro-batch whose loss (or, on the last one, the step's extra term) is not finite is skipped: it adds nothing to
+the gradient, and a step whose micro-batches were all skipped makes no optimizer step at all (AdamW would move the
+parameters on its momentum and weight decay). Every process agrees on each skip, so the rule is the same on one
+process and on several.
 """
 from __future__ import annotations
 
@@ -33,6 +39,10 @@ class NonFiniteLossError(RuntimeError):
     """Too many non-finite losses in a row: training cannot recover by skipping batches."""
 
 
+class NonFiniteParametersError(RuntimeError):
+    """A trained parameter holds NaN or inf: the stage stops before any checkpoint of it is written."""
+
+
 @dataclass
 class StageStats:
     optimizer_steps: int = 0
@@ -59,6 +69,46 @@ def make_scheduler(optimizer, config, total_steps: int):
     name = {"constant": "constant_with_warmup"}.get(config.lr_schedule, config.lr_schedule)
     return get_scheduler(name, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
+
+
+def all_finite(terms: list[torch.Tensor], accelerator=None) -> bool:
+    """Whether every term is finite, agreed by all processes (one host sync; a collective when there are several)."""
+    finite = torch.stack([torch.isfinite(t.detach()).all() for t in terms]).all()
+    if accelerator is not None and accelerator.num_processes > 1:  # every process skips, or none does
+        finite = accelerator.reduce(finite.float(), "min").bool()
+    return bool(finite)
+
+
+def check_finite_parameters(model, where: str, accelerator=None) -> None:
+    """Raise NonFiniteParametersError (one line, naming the first bad parameter) when a trainable parameter of
+    ``model`` holds NaN or inf. Every process must call it when there are several."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if accelerator is not None and accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite.float(), "min").bool()
+    if not finite.all():
+        name = named[int((~finite).nonzero()[0])][0]
+        raise NonFiniteParametersError(f"parameter {name} is not finite {where}; the stage stops and writes no "
+                                       f"checkpoint (lower the learning rates or use --precision fp32)")
+
+
+def clip_gradients(groups: dict[str, list[torch.Tensor]], max_norm: float,
+                   accelerator=None) -> tuple[torch.Tensor | float | None, dict[str, torch.Tensor]]:
+    """Clip each optimizer group's gradient on its own, ‖∇_group‖ ≤ max_norm; returns the global norm before
+    clipping, (Σ_group ‖∇_group‖²)^½, and each group's norm before clipping.
+
+    Per group, not one global norm: a term that reaches one group only (SLSD's KD: the slow branch) cannot then
+    shrink another group's update (the fast branch learns from the supervised loss alone, clipped or not).
+    DeepSpeed clips one global norm inside its own step: there the engine's norm comes back and no group norms.
+    """
+    if accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.clip_grad_norm_([p for params in groups.values() for p in params], max_norm), {}
+    if accelerator is not None:
+        accelerator.unscale_gradients()  # fp16 loss scaling: the true gradients, once, before any norm
+    norms = {name: torch.nn.utils.clip_grad_norm_(params, max_norm) for name, params in groups.items()}
+    return torch.nn.utils.get_total_norm(list(norms.values())), norms
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -95,10 +145,12 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     need the batch), and ``optimizer_factory()`` builds the optimizer (default: AdamW over DS-LoRA's slow and fast
     groups). ``aux_loss(step)`` may add a loss of its own per optimizer step (SLSD's distillation); it does its own
     forward pass and decides which parameters its gradient reaches, and it is backpropagated with the step's last
-    micro-batch. ``on_step(step, snapshot)`` is called after every step; ``snapshot()`` returns the state a
-    checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly where it was taken:
-    optimizer, schedule, RNG and data position. Non-finite losses are skipped and counted; ``max_nonfinite_in_row`` of
-    them in a row raise NonFiniteLossError.
+    micro-batch. ``on_step(step, snapshot)`` is called after every step (also one that made no update); ``snapshot()``
+    returns the state a checkpoint needs (built only when asked for); ``resume`` (such a snapshot) continues exactly
+    where it was taken: optimizer, schedule, RNG and data position. Non-finite losses and extra terms are skipped and
+    counted (see the module docstring); ``max_nonfinite_in_row`` of them in a row raise NonFiniteLossError. A
+    trainable parameter that is not finite (checked at a skip and when the stage ends) raises
+    NonFiniteParametersError, so no checkpoint of it is ever written.
 
     With an ``accelerator`` (distributed.py) the loss module, optimizer and loader go through ``accelerator.prepare``
     (DDP / FSDP / DeepSpeed, mixed precision with loss scaling), batches are split across processes and only the
@@ -106,7 +158,10 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     """
     optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
     scheduler = make_scheduler(optimizer, config, total_steps)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    groups: dict[str, list[torch.Tensor]] = {}  # clipped one by one; groups of one name together
+    for group in optimizer.param_groups:
+        groups.setdefault(group["name"], []).extend(group["params"])
+    params = [p for group in groups.values() for p in group]
     stats, in_row, first_step = StageStats(), 0, 1
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -125,7 +180,13 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
         else:
             accelerator.backward(loss)
 
+    def grad_sync(last_micro: bool):
+        """DDP all-reduces in the backward of the step's last micro-batch only (a fresh context per use: accelerate's
+        ``no_sync`` cannot be entered twice)."""
+        return accelerator.no_sync(compute_loss) if accelerator is not None and not last_micro else nullcontext()
+
     world = accelerator.num_processes if accelerator is not None else 1
+    deepspeed = accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED
     if accelerator is not None:
         compute_loss, optimizer, loader = accelerator.prepare(compute_loss, optimizer, loader)
     batches = batches_forever(loader)
@@ -141,47 +202,46 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     with (log_path.open("a") if main else nullcontext()) as log, \
             tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True, disable=not main) as bar:
         for step in range(first_step, total_steps + 1):
-            step_losses, checksum, extra = [], 0, None
+            step_losses, checksum, extra, applied = [], 0, None, 0
             for micro in range(config.grad_accum_steps):
                 batch = {k: v.to(device) for k, v in next(batches).items()}
                 checksum += int(batch["input_ids"][batch["attention_mask"].bool()].sum())  # which samples this process saw
                 last_micro = micro == config.grad_accum_steps - 1
-                sync = accelerator.no_sync(compute_loss) if accelerator is not None and not last_micro else nullcontext()
-                with sync, (autocast(device, amp_dtype) if accelerator is None else nullcontext()):
+                with grad_sync(last_micro), (autocast(device, amp_dtype) if accelerator is None else nullcontext()):
                     loss = compute_loss(batch)
                 if last_micro and aux_loss is not None:
                     # A method's own term (SLSD's KD) joins the last micro-batch's backward: one backward per
                     # micro-batch (DeepSpeed steps inside it), and DDP averages the term like the rest.
                     extra = aux_loss(step)
                 aux_term = extra if extra is not None else 0.0
-                finite = torch.isfinite(loss.detach())
-                if world > 1:  # every process skips, or none does
-                    finite = accelerator.reduce(finite.float(), "min").bool()
-                if not finite:
+                if not all_finite([loss] if extra is None else [loss, extra], accelerator):
                     stats.skipped_nonfinite += 1
                     in_row += 1
+                    check_finite_parameters(model, f"at step {step} of {desc}", accelerator)  # NaN weights, not data
                     if in_row >= config.max_nonfinite_in_row:
                         raise NonFiniteLossError(
                             f"{in_row} non-finite losses in a row at step {step} of {desc}; lower the learning rates, "
                             f"use --precision fp32, or check the data")
-                    if world > 1 or extra is not None:  # DDP's reduction still runs (zeros for the bad loss)
-                        with sync:
-                            backward(sum(p.sum() for p in params) * 0.0 + aux_term, last_micro)
+                    if last_micro and (world > 1 or deepspeed):
+                        # The step's closing backward is a collective (DDP's all-reduce of the earlier micro-batches'
+                        # gradients, DeepSpeed's step): every process runs it on a zero loss, which adds nothing.
+                        # DeepSpeed steps only if some micro-batch was applied; otherwise nothing is stepped below.
+                        backward(sum(p.sum() for p in params) * 0.0, applied > 0)
                     continue
-                in_row = 0
+                in_row, applied = 0, applied + 1
                 if world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
                     local = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
                     loss = loss * local * world / accelerator.reduce(local.clone(), "sum")
                 scaled = loss / config.grad_accum_steps
-                with sync:
+                with grad_sync(last_micro):
                     backward(scaled + aux_term, last_micro)
                 step_losses.append(loss.item())
                 stats.tokens += int(batch["attention_mask"].sum())
-            max_norm = config.max_grad_norm or float("inf")
-            grad_norm = (accelerator.clip_grad_norm_(params, max_norm) if accelerator is not None
-                         else torch.nn.utils.clip_grad_norm_(params, max_norm))
             rates = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}  # the rates this step used
-            optimizer.step()
+            grad_norm, group_norms = None, {}
+            if applied:  # a step whose micro-batches were all skipped updates nothing (the schedule still advances)
+                grad_norm, group_norms = clip_gradients(groups, config.max_grad_norm or float("inf"), accelerator)
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             stats.optimizer_steps = step
@@ -196,7 +256,8 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
                 checksums = [checksum]
             if main and logged:
                 row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # DeepSpeed: may be None
+                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # before clipping
+                           **{f"grad_norm_{name}": float(norm) for name, norm in group_norms.items()},
                            tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
                            input_checksums=checksums)
                 if extra is not None:
@@ -211,6 +272,7 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
             bar.set_postfix(loss=f"{stats.last_loss:.4f}", **{k: f"{v:.1e}" for k, v in rates.items()},
                             tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)
+    check_finite_parameters(model, f"after step {total_steps} of {desc}", accelerator)  # before any checkpoint
     if accelerator is not None:
         accelerator.free_memory()  # drop this stage's prepared wrappers (the model itself stays)
     return stats

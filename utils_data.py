@@ -11,8 +11,12 @@ without it never learns to stop).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,16 +86,16 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     records, problems = [], []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as handle:  # bytes: a line that is not UTF-8 is reported like any other bad line
+        for lineno, raw in enumerate(handle, start=1):
             try:
+                line = decode_line(raw, lineno)
+                if not line.strip():
+                    continue
                 record = json.loads(line)
                 record["messages"] = record_to_messages(record)
-            except (json.JSONDecodeError, ValueError, TypeError) as err:
-                reason = f"invalid JSON ({err.msg})" if isinstance(err, json.JSONDecodeError) else str(err)
-                message = f"{path}:{lineno}: {reason}"
+            except (ValueError, TypeError) as err:
+                message = f"{path}:{lineno}: {line_problem(err)}"
                 if not skip_bad_lines:
                     raise DataFormatError(message) from None
                 problems.append(message)
@@ -102,17 +106,103 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     return records, problems
 
 
+def decode_line(raw: bytes, lineno: int) -> str:
+    """One line of a UTF-8 file; a byte-order mark opening the file is dropped (UnicodeDecodeError if not UTF-8)."""
+    return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+
+
+def line_problem(err: Exception) -> str:
+    """What is wrong with a JSONL line, as the ``file:line: <problem>`` messages say it."""
+    if isinstance(err, UnicodeDecodeError):
+        return "not valid UTF-8"
+    return f"invalid JSON ({err.msg})" if isinstance(err, json.JSONDecodeError) else str(err)
+
+
 def read_rows(path: str | Path) -> list[dict]:
-    """The JSON objects of a results file (logs, written splits); an absent file has none."""
+    """The JSON objects of a results file (logs, written splits); an absent file has none. A line that is not
+    UTF-8 JSON raises DataFormatError("file:line: what is wrong")."""
     path = Path(path)
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    rows = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = decode_line(raw, lineno)
+            if line.strip():
+                rows.append(json.loads(line))
+        except ValueError as err:
+            raise DataFormatError(f"{path}:{lineno}: {line_problem(err)}") from None
+    return rows
+
+
+# ---- tasks: names, folders and lone files ------------------------------------------------------------------------
+# A task is (1) a name: data_dir/<name>/{train,val,test}.jsonl; (2) a folder path (anything with a "/", e.g. ./mine):
+# <folder>/{train,val,test}.jsonl; (3) a lone .jsonl file, split by LONE_FILE_SPLITS (see split_lone_file).
+SPLITS = ("train", "val", "test")
+LONE_FILE_SPLITS = {"test": 0.1, "val": 0.1}  # shares of a lone file's distinct records held out (at least 1 each)
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")  # what a task name may not contain: it names files and fast branches
+
+
+def is_lone_file(task: str) -> bool:
+    return task.endswith(".jsonl")
+
+
+def task_name(task: str) -> str:
+    """The task's name in file names, checkpoints and fast branches: unique per task and file-system safe.
+
+    A plain name (T2_math) is itself. A path is readable part + "-" + the first 8 hex digits of the SHA-1 of the
+    normalised path as written: ``my_data/cls.jsonl`` -> ``cls-<hash>``, ``a/x/train.jsonl`` -> ``x-<hash>`` (a file
+    named train/val/test.jsonl takes its folder's name), ``./mine`` -> ``mine-<hash>``; two paths never share a name.
+    """
+    if "/" not in task and not is_lone_file(task) and not _UNSAFE.search(task):
+        return task
+    path = Path(task)
+    readable = path.parent.name if is_lone_file(task) and path.stem in SPLITS else (
+        path.stem if is_lone_file(task) else path.name)
+    digest = hashlib.sha1(os.path.normpath(task).encode()).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', readable).strip('_') or 'task'}-{digest}"
 
 
 def task_file(task: str, split: str, data_dir: str | Path) -> Path:
-    """A task name maps to ``data_dir/<task>/<split>.jsonl``; a path to a .jsonl file is used as it is."""
-    if task.endswith(".jsonl"):
+    """The file holding a task's split: ``data_dir/<name>/<split>.jsonl``, ``<folder>/<split>.jsonl``, or the lone
+    .jsonl file itself (which holds every split: read it with ``read_task``)."""
+    if is_lone_file(task):
         return Path(task)
-    return Path(data_dir) / task / f"{split}.jsonl"
+    return (Path(task) if "/" in task else Path(data_dir) / task) / f"{split}.jsonl"
+
+
+def split_lone_file(records: list[dict], split: str) -> list[dict]:
+    """The ``split`` share of a lone file's records, in file order: deterministic and held out.
+
+    Each distinct record (its canonical JSON) gets the key SHA-1(json); distinct records sorted by key give the
+    first ceil(10 %) to test, the next ceil(10 %) to val, the rest to train. The split depends only on the file's
+    content (not on the seed, the line order or the method), and a record repeated in the file lands in one split,
+    so no evaluated line is ever a training line.
+    """
+    keys = [hashlib.sha1(json.dumps(r, sort_keys=True, ensure_ascii=False).encode()).hexdigest() for r in records]
+    ranked = sorted(set(keys))
+    test, val = (math.ceil(LONE_FILE_SPLITS[name] * len(ranked)) for name in ("test", "val"))
+    if len(ranked) <= test + val:
+        raise DataFormatError(f"a lone task file needs at least {test + val + 1} distinct records to hold out test "
+                              f"and val samples, got {len(ranked)}; give a folder with train/val/test.jsonl")
+    start, stop = {"test": (0, test), "val": (test, test + val), "train": (test + val, len(ranked))}[split]
+    chosen = set(ranked[start:stop])
+    return [r for r, key in zip(records, keys) if key in chosen]
+
+
+def read_task(task: str, split: str, data_dir: str | Path, skip_bad_lines: bool = False,
+              limit: int = 0) -> tuple[list[dict], list[str]]:
+    """``read_jsonl`` of a task's split; a lone file is read whole and split by ``split_lone_file`` first."""
+    if not is_lone_file(task):
+        return read_jsonl(task_file(task, split, data_dir), skip_bad_lines, limit)
+    if split not in SPLITS:
+        raise DataFormatError(f"{task}: a lone task file has no split '{split}' (it has {', '.join(SPLITS)})")
+    records, problems = read_jsonl(task, skip_bad_lines)
+    try:
+        records = split_lone_file(records, split)
+    except DataFormatError as err:
+        raise DataFormatError(f"{task}: {err}") from None
+    return (records[:limit] if limit else records), problems
 
 
 # ---- rendering and masking ---------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def main() -> None:
     timings, outputs = {}, {}
     for name, batch in (("batched", args.batch), ("one_at_a_time", 1)):
         start = time.perf_counter()
-        outputs[name], _ = generate(model, tokenizer, prompts, args.max_new_tokens, batch, device, amp_dtype, desc=name)
+        outputs[name], _, _ = generate(model, tokenizer, prompts, args.max_new_tokens, batch, device, amp_dtype, desc=name)
         timings[name] = time.perf_counter() - start
     same = sum(a == b for a, b in zip(outputs["batched"], outputs["one_at_a_time"])) / len(prompts)
     new_tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs["batched"])

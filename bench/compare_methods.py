@@ -5,16 +5,24 @@
 
 Every (method, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
 logs/cmp_<name>_<method>_s<seed>/; a finished run of the same config is reused, an interrupted one resumes, one of
-another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, BWT, FWT,
-forgetting and the final per-task scores (mean ± std over seeds), trainable parameters, training wall time and peak
-memory, and bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs).
+another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, LA, BWT,
+FWT, forgetting and the final per-task scores, each the mean over seeds with its 95 % bootstrap interval; trainable
+parameters, training wall time and peak memory; for each method, its paired difference from ds_lora_slsd in AP,
+BWT and LA with its interval, marked where the interval excludes 0; and bench/results/<name>_comparison.png
+(plot_loss.py's comparison of the first seed's runs).
+
+Intervals (cl_metrics.Bootstrap): every run evaluates the same test samples (evaluation.select_samples), so one
+resample draws, per task, sample indices shared by every method, seed and stage, and draws the seeds with
+replacement (the same seeds for both sides of a difference): an interval covers the sample noise and the seed
+noise, and a difference is paired on both.
 
 Budgets on 2 CPU cores with the embedded model (each overridable on the command line); both train at 10x the
 config's learning rates, because at 1e-5 / 5e-5 ten steps do not change a 135M model's greedy answers and every
 method would tie with the base model:
-  default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation, 32 new tokens
-           (~4 h 45 min with --jobs 2: ~6.8 min per run)
-  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples, 24 new tokens (< 30 minutes)
+  default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation
+           (~4 h 45 min with --jobs 2, ~6.8 min per run, measured with the former 32-token budget: each task's
+           budget now covers its references, which costs more decoding where the model does not stop)
+  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples (< 30 minutes with 24 tokens)
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
 than two, so two runs side by side should finish ~1.5x the runs per hour; each run's output then goes to
@@ -35,17 +43,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cl_metrics import continual_metrics  # noqa: E402
-from configs.base_config import METHOD_NAMES, parse_overrides  # noqa: E402
+from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
+                        run_samples)
+from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
+from utils_data import read_rows  # noqa: E402
 
 LEARNING_RATES_10X = dict(lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4")
 BUDGETS = {
-    "full": dict(max_steps="10", max_eval_samples="4", max_new_tokens="32", **LEARNING_RATES_10X),
-    "quick": dict(tasks="T1_general,T2_math", max_steps="8", max_eval_samples="3", max_new_tokens="24",
-                  **LEARNING_RATES_10X),
+    "full": dict(max_steps="10", max_eval_samples="4", **LEARNING_RATES_10X),
+    "quick": dict(tasks="T1_general,T2_math", max_steps="8", max_eval_samples="3", **LEARNING_RATES_10X),
 }
-METRICS = ("AP", "BWT", "FWT", "forgetting")
+REFERENCE = "ds_lora_slsd"  # the method every other one is compared with (paired differences)
+PAIRED = ("AP", "BWT", "LA")
 LOSS_METRICS = ("loss_final", "loss_BWT")
 
 
@@ -77,29 +87,92 @@ def loss_figures(summary: dict) -> dict[str, float | None]:
     return dict(loss_final=figures["AP"], loss_BWT=figures["BWT"])
 
 
-def aggregate(summaries: list[dict]) -> dict:
+def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list]]:
+    """A run's per-sample scores of every evaluation and its samples' groups (cl_metrics.run_samples)."""
+    rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
+    return run_samples(rows, summary["tasks"], len(summary["stage_names"]))
+
+
+def method_scores(runs: dict[str, list[Path]], summaries: dict[str, list[dict]]) -> tuple[dict[str, list], list]:
+    """{method: per-seed per-sample scores} and the samples' groups, which every run must share (same samples)."""
+    scores, groups = {}, None
+    for method, dirs in runs.items():
+        scores[method] = []
+        for run, summary in zip(dirs, summaries[method]):
+            samples, samples_groups = run_scores(run, summary)
+            if groups is not None and samples_groups != groups:
+                raise ValueError(f"{run} evaluated other test samples than the first run (its eval_subset_seed, "
+                                 f"max_eval_samples or data differ): its scores cannot be paired")
+            groups = samples_groups
+            scores[method].append(samples)
+    return scores, groups
+
+
+def aggregate(summaries: list[dict], scores: list[list], groups: list, resamples: int) -> dict:
+    """One method over its seeds: every figure and final score as [mean, std] and its 95 % interval (``_ci``)."""
     tasks = summaries[0]["tasks"]
     losses = [loss_figures(s) for s in summaries]
-    return dict(seeds=len(summaries), **{k: mean_std([s[k] for s in summaries]) for k in METRICS},
-                **{k: mean_std([figures[k] for figures in losses]) for k in LOSS_METRICS},
+    bootstrap = Bootstrap(groups, resamples, seeds=len(summaries))
+    figures = bootstrap.figures(scores)
+    _, final = bootstrap.final_scores(scores)
+    return dict(seeds=len(summaries), **{k: mean_std([s[k] for s in summaries]) for k in FIGURES},
+                **{f"{k}_ci": None if figures[k] is None else interval(figures[k][1]) for k in FIGURES},
+                **{k: mean_std([loss[k] for loss in losses]) for k in LOSS_METRICS},
                 final_scores={t: mean_std([s["final_scores"][t] for s in summaries]) for t in tasks},
+                final_ci={t: interval(final[:, j]) for j, t in enumerate(tasks)},
                 trainable_params=summaries[0]["trainable_params"],
                 train_wall_s=mean_std([s["train_wall_s"] for s in summaries]),
                 peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
 
 
-def markdown(name: str, command: str, table: dict[str, dict], tasks: list[str], seeds: list[str]) -> str:
-    head = ["method", *METRICS, *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
+def paired_differences(scores: dict[str, list], groups: list, resamples: int) -> dict[str, dict]:
+    """{method: {figure: {difference, ci, excludes_zero}}}: each method minus REFERENCE in AP, BWT and LA over the
+    same samples and seeds (cl_metrics.paired_difference); empty without REFERENCE among the methods."""
+    if REFERENCE not in scores:
+        return {}
+    table = {}
+    for method, runs in scores.items():
+        if method != REFERENCE:
+            differences = paired_difference(runs, scores[REFERENCE], groups, resamples)
+            table[method] = {k: None if differences[k] is None else
+                             dict(difference=differences[k][0], ci=differences[k][1],
+                                  excludes_zero=not differences[k][1][0] <= 0 <= differences[k][1][1]) for k in PAIRED}
+    return table
+
+
+def difference_cell(entry: dict | None) -> str:
+    """``+0.100 [+0.02, +0.18]``, in bold where the interval excludes 0."""
+    if entry is None:
+        return "–"
+    text = format_score(entry["difference"], entry["ci"], sign=True)
+    return f"**{text}**" if entry["excludes_zero"] else text
+
+
+def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
+             seeds: list[str]) -> str:
+    head = ["method", *FIGURES, *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
+    signed = ("BWT", "FWT")
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
-             f"Mean ± std over {len(seeds)} seed(s) ({', '.join(seeds)}); scores are the task metrics (0–1) after the"
-             " last stage; final eval loss is the mean token loss on the reference answers after the last stage and"
-             " loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e. forgetting).", "",
+             f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the test samples and"
+             " seeds]; scores are the task metrics (0–1) after the last stage (LA: each task right after its own"
+             " stage); final eval loss (mean ± std over seeds) is the mean token loss on the reference answers after"
+             " the last stage and loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e."
+             " forgetting).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
-        cells = [method, *(cell(row[k]) for k in METRICS), *(cell(row["final_scores"][t]) for t in tasks),
+        cells = [method, *(format_score(row[k][0], row[f"{k}_ci"], k in signed) for k in FIGURES),
+                 *(format_score(row["final_scores"][t][0], row["final_ci"][t]) for t in tasks),
                  *(cell(row[k]) for k in LOSS_METRICS),
                  f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if differences:
+        head = ["method", *(f"Δ{k}" for k in PAIRED)]
+        lines += ["", f"## Paired differences from `{REFERENCE}`", "",
+                  f"Method minus {REFERENCE} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
+                  " interval]; **bold**: the interval excludes 0.", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([method, *(difference_cell(row[k]) for k in PAIRED)]) + " |"
+                  for method, row in differences.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -114,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
     args, rest = parser.parse_known_args(argv)
     budget = dict(BUDGETS["quick" if args.quick else "full"], **parse_overrides(rest))
+    build_config(args.preset, overrides=budget)  # a bad field or value stops here in one line, before any run
     seeds = (args.seeds or ("42" if args.quick else "42,43,44")).split(",")
     name = args.name or ("quick" if args.quick else "default")
     methods = args.methods.split(",")
@@ -151,21 +225,28 @@ def main(argv: list[str] | None = None) -> dict:
             raise
     runs = {m: [log_root / f"cmp_{name}_{m}_s{s}" for s in seeds] for m in methods}
     summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
-    table = {m: aggregate(s) for m, s in summaries.items()}
-    tasks = next(iter(summaries.values()))[0]["tasks"]
+    scores, groups = method_scores(runs, summaries)
+    resamples = json.loads((runs[methods[0]][0] / "config.json").read_text())["bootstrap_resamples"]
+    table = {m: aggregate(summaries[m], scores[m], groups, resamples) for m in methods}
+    differences = paired_differences(scores, groups, resamples)
+    tasks = summaries[methods[0]][0]["tasks"]
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
     command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
-    (out / f"{name}.md").write_text(markdown(name, command, table, tasks, seeds))
-    summary = dict(name=name, command=command, budget=budget, seeds=seeds, table=table)
+    text = markdown(name, command, table, differences, tasks, seeds)
+    (out / f"{name}.md").write_text(text)
+    summary = dict(name=name, command=command, budget=budget, seeds=seeds, table=table,
+                   reference=REFERENCE, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
-    print(markdown(name, command, table, tasks, seeds))
+    print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
-                  AP={m: row["AP"][0] for m, row in table.items()}, BWT={m: row["BWT"][0] for m, row in table.items()})
+                  **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED})
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run  # data and config errors: one line on stderr, exit 2
+
+    run(main, RuntimeError)  # a failed run (its own one-line error is above)

@@ -27,7 +27,7 @@ class Config:
     model_cache_dir: str = "pretrained_models"  # where the embedded GGUF model is cached as safetensors after its first load
     tiny_random_model: bool = False  # replace the weights by a tiny random model of the same architecture (smoke tests); real tokenizer
     trust_remote_code: bool = False  # allow a hub model's own Python code to run; off unless you trust the model
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on a CPU with native bf16, AVX512-BF16/AMX; else fp32) | fp32 | bf16 | fp16
     base_dtype: str = "auto"  # storage of the frozen base weights: auto (bf16 under bf16 autocast on CUDA, whose matmuls run in bf16 anyway: half the memory; else fp32) | fp32 | bf16 | fp16; adapters stay fp32
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N (under accelerate/torchrun: each process's own GPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30 % more compute)
@@ -36,7 +36,7 @@ class Config:
 
     # ---- DS-LoRA: W = W0 + (alpha/r_slow)·B_s A_s + (alpha/r_fast)·B_f A_f on the upper layers ---------------------
     lora_r_slow: int = 8  # rank of the slow (shared, long-term) branch
-    lora_r_fast: int = 8  # rank of the fast (task-specific) branch
+    lora_r_fast: int = 8  # rank of the fast (task-specific) branch; the baselines' LoRA (rank lora_r_slow + lora_r_fast) takes its scale lora_alpha / lora_r_fast (methods/single_lora.py)
     lora_alpha: float = 16.0  # LoRA alpha; each branch is scaled by alpha / its rank
     lora_dropout: float = 0.05  # dropout on the adapter input (one mask shared by both branches)
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # linear layer names to adapt, or "all-linear"
@@ -48,7 +48,7 @@ class Config:
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA matrices
     lr_schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     warmup_ratio: float = 0.05  # share of the optimizer steps spent warming up linearly from 0
-    max_grad_norm: float = 1.0  # gradient clipping norm (0 = no clipping)
+    max_grad_norm: float = 1.0  # gradient clipping norm, each optimizer group clipped on its own (0 = no clipping)
     batch_size: int = 2  # sequences per micro-batch (CPU-sized default: make run in 15 minutes)
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
@@ -62,11 +62,15 @@ class Config:
     data_dir: str = "data"  # task name T -> data_dir/T/{train,val,test}.jsonl
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # the task sequence, in training order
     max_train_samples: int = 0  # cap on training samples per task (0 = all)
-    max_eval_samples: int = 6  # cap on validation/test samples per task and evaluation (0 = all; CPU-sized default)
-    eval_batch_size: int = 8  # sequences per evaluation batch (eval loss and generation)
-    max_new_tokens: int = 48  # generation budget per sample (CPU-sized default); 0 = each task metric's default (metrics.MAX_NEW_TOKENS)
-    merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory)
+    max_eval_samples: int = 6  # size of the evaluated test subset per task (0 = the whole split; CPU-sized default)
+    eval_subset_seed: int = 0  # seed of that subset (stratified by group, T5 harmful/benign): the same samples for every method, seed and stage
+    eval_batch_size: int = 8  # sequences per evaluation batch (eval loss and generation; also SLSD's teacher pass over the probe candidates, slsd.py)
+    max_new_tokens: int = 0  # 0 = each task's budget from its evaluated references (longest + 25 %, >= +16 tokens); > 0 = a deliberate override for every task (warned and recorded where shorter than a reference)
+    max_new_tokens_cap: int = 1024  # ceiling of the per-task generation budgets (tokens)
+    bootstrap_resamples: int = 1000  # bootstrap resamples behind every 95 % confidence interval (scores, AP/LA/BWT/FWT/forgetting)
+    merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory); SLSD's teacher pass runs the same way (slsd.py)
     eval_split: str = "test"  # split that evaluate.py and the sequential evaluation score
+    sandbox_isolation: str = "full"  # T3 code sandbox: full (needs root: private read-only mounts + tmpfs /tmp, no network, own PIDs, fresh uid) | weak (explicit opt-in: resource limits + empty env only)
     skip_bad_lines: bool = False  # count and report malformed JSONL lines instead of stopping at the first one
 
     # ---- outputs -------------------------------------------------------------------------------------------------
@@ -96,11 +100,11 @@ class Config:
     lr_lora: float = 5e-5  # learning rate of the baselines' LoRA (rank lora_r_slow + lora_r_fast; = lr_fast by default)
     replay_per_task: int = 8  # replay / ilora: training samples of each finished task kept in the buffer
     replay_ratio: float = 0.5  # replay / ilora: share of every batch drawn from the buffer once it holds samples
-    ewc_lambda: float = 1000.0  # EWC: weight λ of the penalty (λ/2)·Σ F·(θ − θ*)²
-    ewc_batches: int = 4  # EWC: batches of a finished task used to estimate its diagonal Fisher
+    ewc_lambda: float = 1000.0  # EWC: weight λ of the penalty (λ/2)·Σ F·(θ − θ*)², F the per-sample empirical Fisher; choose on validation (papers: 1e2-1e4; see methods/ewc.py)
+    ewc_batches: int = 4  # EWC: the diagonal Fisher of a finished task is estimated on ewc_batches × batch_size of its samples, one backward each
     lwf_lambda: float = 1.0  # LwF: weight of the distillation from the previous stage's model
     lwf_temperature: float = 2.0  # LwF: softmax temperature of that distillation
-    olora_lambda_orth: float = 0.5  # O-LoRA: λ1 of the orthogonality term Σ|A_old·A_newᵀ| (the paper's 0.5)
+    olora_lambda_orth: float = 0.01  # O-LoRA: λ1 of the orthogonality term Σ|A_old·A_newᵀ|; choose on validation. 0.01: its gradient about the task gradient's norm at a stage's start on the default model (the paper's 0.5, set for rank-8 q/v LoRAs, gives 48x here)
     olora_lambda_l2: float = 0.0  # O-LoRA: λ2 of ‖new LoRA‖² (the paper's 0 for most orders)
     gorp_rank: int = 8  # GORP: rank of the gradient projection of the full-rank weights
     gorp_update_proj_gap: int = 10  # GORP: steps between refreshes of the projection (SVD of the gradient)
@@ -150,6 +154,11 @@ class Config:
             ("gorp_update_proj_gap", self.gorp_update_proj_gap >= 1, "must be >= 1"),
             ("ewc_batches", self.ewc_batches >= 1, "must be >= 1"),
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
+            ("sandbox_isolation", self.sandbox_isolation in ("full", "weak"), "must be full or weak"),
+            ("max_eval_samples", self.max_eval_samples >= 0, "must be >= 0"),
+            ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0 = per-task budgets)"),
+            ("max_new_tokens_cap", self.max_new_tokens_cap >= 1, "must be >= 1"),
+            ("bootstrap_resamples", self.bootstrap_resamples >= 100, "must be >= 100"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -172,8 +181,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded SmolLM2-135M-Instruct on a laptop CPU: the dataclass defaults.
     "default": {},
     # A 4-layer random-weight model with the real tokenizer: the whole pipeline in seconds, for tests.
-    "smoke": dict(tiny_random_model=True, frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=512,
-                  max_train_samples=16, max_eval_samples=4, eval_batch_size=4, max_new_tokens=8, lr_slow=1e-3, lr_fast=5e-3,
+    "smoke": dict(tiny_random_model=True, precision="fp32",  # fp32: the tests give the same numbers on every CPU
+                  frozen_layers=2, max_steps=4, batch_size=2, max_seq_len=512,
+                  max_train_samples=16, max_eval_samples=4, eval_batch_size=4,
+                  max_new_tokens=8,  # deliberate override: a random model never stops, so every answer is cut off (recorded)
+                  lr_slow=1e-3, lr_fast=5e-3,
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True,
                   lr_lora=5e-3, gorp_lr=1e-3, replay_per_task=4, ewc_batches=2, gorp_update_proj_gap=2),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
@@ -326,6 +338,9 @@ def parse_config(parser, argv: list[str] | None = None):
     except ConfigError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    import sandbox
+
+    sandbox.configure(config.sandbox_isolation)  # the isolation every code-task evaluation of this script runs under
     return args, config
 
 

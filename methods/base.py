@@ -6,20 +6,25 @@
         train_stage(loss_fn=method.loss,            per-batch loss (supervised + batch-dependent terms)
                     aux_loss=method.aux_loss,       per-step terms (penalties, distillation on a probe buffer)
                     optimizer_factory=method.optimizer, on_step -> method.after_step)
-        method.after_stage(k, tasks, dataset)            consolidation (Fisher, buffers, subspaces)
+        method.after_stage(k, tasks, dataset)            consolidation (Fisher, buffers, subspaces); figures
         evaluate every task under method.inference(method.eval_key(task))
 
 A method is a small class overriding only the hooks it needs; everything else (data, schedules, checkpoints, resume,
-evaluation, metrics) is the engine's. State that a method carries across stages (a Fisher, a buffer, full-rank
-weights) goes through ``state_dict`` / ``load_state_dict`` so that resume stays exact.
+evaluation, metrics) is the engine's. Shared pieces (a replay buffer, per-task LoRAs, O-LoRA's terms) are held, not
+inherited (methods/components.py), and every method's docstring lists every loss term it adds. Each term is also
+logged in ``self.terms``, whose per-stage ratios to the task loss ``after_stage`` returns. State that a method carries
+across stages (a Fisher, a buffer, full-rank weights) goes through ``state_dict`` / ``load_state_dict`` so that resume
+stays exact.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from methods.components import TermLog
 from models.ds_lora import DSLoRA
 from training import make_optimizer, supervised_loss
 from utils_data import make_loader
@@ -34,6 +39,7 @@ class Method:
         self.model, self.tokenizer, self.config, self.device, self.amp_dtype = model, tokenizer, config, device, amp_dtype
         self.dslora = self.install()
         self.stage = 0
+        self.terms = TermLog()  # the loss terms of the running stage, for after_stage's figures
 
     # ---- set-up ----------------------------------------------------------------------------------------------
     def install(self) -> DSLoRA:
@@ -60,7 +66,9 @@ class Method:
         return make_optimizer(self.dslora, self.config)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        return supervised_loss(model, batch)
+        loss = supervised_loss(model, batch)
+        self.terms.add(TermLog.TASK, loss)
+        return loss
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
         return None
@@ -68,8 +76,10 @@ class Method:
     def after_step(self, step: int) -> None:
         """Called after every optimizer step."""
 
-    def after_stage(self, stage: int, tasks: list[str], dataset) -> None:
-        """Called once a stage has finished training (not when a finished stage is loaded on resume)."""
+    def after_stage(self, stage: int, tasks: list[str], dataset) -> dict:
+        """Called once a stage has finished training (not when a finished stage is loaded on resume); returns figures
+        for stages.jsonl: the mean task loss and each auxiliary term's ratio to it (``TermLog``)."""
+        return self.terms.figures()
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def eval_key(self, task: str) -> str:
@@ -81,6 +91,47 @@ class Method:
         """The model as evaluated for ``key``; ΔW folded in when ``merge_for_eval``."""
         with self.dslora.merged() if self.config.merge_for_eval else nullcontext():
             yield
+
+    # ---- export ----------------------------------------------------------------------------------------------
+    def export_keys(self) -> dict[str, str]:
+        """{task: the eval key it is scored with} over the configured tasks, at this point of the sequence."""
+        return {task: self.eval_key(task) for task in self.config.tasks}
+
+    def export(self, folder: Path, base_model: str | None) -> None:
+        """Write the model this method evaluates, for use outside the toolkit, as a standard PEFT LoRA adapter in
+        ``folder/peft``: the branches in use under ``inference(key)`` (DS-LoRA: slow + fast; I-LoRA: its slow learner;
+        O-LoRA: every task's LoRA summed). Tasks scored with different weights (fast_mode=per_task: slow + fast_t)
+        get one adapter per key, ``folder/peft/<key>/``, and ``folder/peft/README.md`` names each task's adapter."""
+        tasks_of: dict[str, list[str]] = {}
+        for task, key in self.export_keys().items():
+            tasks_of.setdefault(key, []).append(task)
+        for key in tasks_of:
+            with self.inference(key):
+                self.dslora.export_peft(folder / "peft" / key if len(tasks_of) > 1 else folder / "peft", base_model)
+        if len(tasks_of) > 1:
+            lines = [f"- `{key}/`: {', '.join(tasks)}" for key, tasks in tasks_of.items()]
+            (folder / "peft" / "README.md").write_text(
+                f"# PEFT adapters of method {self.config.method}, one per set of weights it evaluates\n\n"
+                "Load a task's adapter with `PeftModel.from_pretrained(base, 'peft/<folder>')`:\n\n"
+                + "\n".join(lines) + "\n")
+
+    @torch.no_grad()
+    def export_merged(self, folder: Path) -> None:
+        """Write the evaluated model with its adapters folded in, W = W0 + ΔW (fp32 for the adapted layers), as a
+        plain transformers model folder (config, safetensors, tokenizer): for methods whose weights no LoRA holds."""
+        keys = set(self.export_keys().values())
+        if len(keys) != 1:
+            raise ValueError(f"export_merged needs one set of evaluated weights, {self.name} has {len(keys)}")
+        with self.inference(keys.pop()):
+            state = {k: v for k, v in self.model.state_dict().items()
+                     if not any(k.startswith(f"{name}.") for name in self.dslora.modules)}
+            for name, m in self.dslora.modules.items():
+                weight = m.base_weight().float() + m.delta_weight()  # (out × in); GPT-2's Conv1D stores Wᵀ
+                state[f"{name}.weight"] = (weight if isinstance(m.base, torch.nn.Linear) else weight.t()).contiguous()
+                if m.base.bias is not None:
+                    state[f"{name}.bias"] = m.base.bias
+        self.model.save_pretrained(folder, state_dict=state)
+        self.tokenizer.save_pretrained(folder)
 
     # ---- state across stages ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:

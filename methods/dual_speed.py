@@ -3,6 +3,10 @@
     W = W0 + (α/r_s)·B_s A_s + (α/r_f)·B_f A_f   on the upper layers; the lower ones frozen, without adapters
     L = CE(slow + fast)  +  every kd_every steps  λ·T²·KL(teacher ‖ student) on the probe buffer, into slow only
 
+The fast branch's update is the one the supervised loss alone gives: the KD term sends it no gradient, draws no
+random numbers from the training stream and does not share its clipping norm (slsd.py), so ``ds_lora`` and
+``ds_lora_slsd`` with the same seed are a paired comparison.
+
 ``fast_mode = per_task`` gives each task a fresh fast branch (earlier ones kept frozen; task t is evaluated with
 slow + fast_t). Ablations, chosen with ``--method``: ``ds_lora`` (no SLSD), ``slsd_both`` (KD also trains the fast
 branch), ``slsd_random`` (random probe samples instead of the entropy filter), ``ds_lora_slsd_per_task``.
@@ -10,7 +14,6 @@ branch), ``slsd_random`` (random probe samples instead of the entropy filter), `
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -18,6 +21,7 @@ import torch
 from methods.base import Method
 from models.ds_lora import DSLoRA
 from slsd import SLSD
+from utils_data import task_name
 
 
 class DualSpeed(Method):
@@ -34,7 +38,7 @@ class DualSpeed(Method):
         super().before_stage(stage, tasks, dataset)
         info = self.slsd.before_stage(stage, dataset)  # the teacher: the model as the previous stage left it
         if self.config.fast_mode == "per_task":
-            self.dslora.add_fast(Path(tasks[0]).stem)
+            self.dslora.add_fast(task_name(tasks[0]))
         return info
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
@@ -42,9 +46,9 @@ class DualSpeed(Method):
 
     def eval_key(self, task: str) -> str:
         """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise with the active branch."""
-        stem = Path(task).stem
-        if self.config.fast_mode == "per_task" and stem in self.dslora.fast_names:
-            return stem
+        name = task_name(task)
+        if self.config.fast_mode == "per_task" and name in self.dslora.fast_names:
+            return name
         return self.dslora.active_fast
 
     @contextmanager

@@ -1,8 +1,14 @@
 """GORP: continual gradient low-rank projection (Wang et al., ACL 2025, "Continual Gradient Low-Rank Projection
-Fine-Tuning for LLMs"). Its code was never released; this is our implementation of the paper's text.
+Fine-Tuning for LLMs"). Its code was never released (the repository the paper names, github.com/Wcxwcxw/GORP, holds
+data and configs only); this is our implementation of the paper's text.
 
 What is implemented:
-  * as in O-LoRA, a new LoRA per task (earlier ones frozen, all summed at inference, no task id);
+  * as in O-LoRA, a new LoRA per task (earlier ones frozen, all summed at inference, no task id; ``TaskLoRAs``,
+    methods/components.py), but *without* O-LoRA's orthogonality penalty: the paper sets GORP against such explicit
+    parameter constraints and keeps tasks apart through the shared gradient subspace below. The loss is
+
+        L = CE          (no other term; the LoRA and the full-rank weights both train on it)
+
   * jointly, full-rank updates of the adapted layers' own weights W, with Adam run in a low-rank gradient subspace
     (GaLore style): for a gradient G (m × n, m ≤ n; transposed otherwise)
 
@@ -26,7 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from methods.o_lora import OLoRA
+from methods.components import TaskLoRAs
+from methods.single_lora import SeqLoRA
 
 
 class ProjectedAdam(torch.optim.Optimizer):
@@ -75,13 +82,20 @@ class ProjectedAdam(torch.optim.Optimizer):
         return state["P"].t() @ g
 
 
-class GORP(OLoRA):
+class GORP(SeqLoRA):
     name = "gorp"
+    fast_combine = "sum"
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
+        self.loras = TaskLoRAs(self.dslora)
         self.carried: dict[int, dict] = {}  # optimizer state of the full-rank weights, carried across tasks
         self.optim: ProjectedAdam | None = None
+
+    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
+        super().before_stage(stage, tasks, dataset)
+        self.loras.start(stage, tasks)
+        return {}
 
     def install(self):
         dslora = super().install()
@@ -107,11 +121,21 @@ class GORP(OLoRA):
                                             for k, v in self.carried[index].items()})
         return self.optim
 
-    def after_stage(self, stage: int, tasks: list[str], dataset) -> None:
+    def after_stage(self, stage: int, tasks: list[str], dataset) -> dict:
         weights = self.full_rank_weights()
         self.carried = {i: dict({k: self.optim.state[w][k].detach().clone() for k in ("P", "exp_avg", "exp_avg_sq")},
                                 step=self.optim.state[w]["step"], refresh=True)  # a new task: a new basis at once
                         for i, w in enumerate(weights) if "P" in self.optim.state[w]}
+        return super().after_stage(stage, tasks, dataset)
+
+    def export(self, folder, base_model: str | None) -> None:
+        """The evaluated model needs the trained full-rank weights, which no LoRA adapter can hold: write it merged,
+        a plain transformers model in ``folder/merged`` (no ``peft/``)."""
+        self.export_merged(folder / "merged")
+        (folder / "merged" / "README.md").write_text(
+            "# GORP: the evaluated model, merged\n\nGORP trains the adapted layers' own weights (full rank) besides "
+            "its LoRAs, so no PEFT LoRA adapter can hold it. This folder is the whole model with both folded in: load "
+            "it with `AutoModelForCausalLM.from_pretrained` (no base model needed).\n")
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.dslora.fast_parameters()) + sum(w.numel() for w in self.full_rank_weights())

@@ -5,8 +5,18 @@ The lower decoder layers stay frozen and carry no adapter. Every target linear l
     W = W0 + ΔW_slow + ΔW_fast,      ΔW_b = (alpha / r_b) · B_b A_b
 
 where W0 is frozen, the *slow* branch is shared by every task and trained with a small learning rate (long-term
-memory) and the *fast* branch is task-specific and trained with a large one (quick adaptation). Each layer may
-hold several named fast branches (one per task); one of them is active at a time.
+memory) and the *fast* branch is trained with a large one (quick adaptation). Each layer may hold several named
+fast branches; one of them is active at a time. Whether the fast branch is specific to a task is the method's
+``fast_mode`` (methods/dual_speed.py):
+
+* ``shared`` (default) — one fast branch, ``SHARED_FAST``, created once with ΔW_fast = 0 and never reset: every
+  stage continues training it from where the previous stage left it (with a new optimizer state), so after task t
+  it holds the updates of tasks 1..t. It differs from the slow branch only in its learning rate and in that SLSD's
+  distillation does not reach it; it is *not* task-specific, and every task is evaluated with slow + that branch
+  (no task id needed).
+* ``per_task`` — before each stage a fresh fast branch named after the task (ΔW = 0) becomes the active one and
+  the only trained one; the earlier ones are kept frozen. Task t is evaluated with slow + fast_t (the task id picks
+  the branch); a task not trained yet, with the active branch.
 
 Baselines reuse the layer: ``r_slow = 0`` gives no slow branch (a plain LoRA is then the fast branch alone), and
 ``fast_combine = "sum"`` adds every fast branch instead of the active one (O-LoRA / GORP inference: a LoRA per task,
@@ -16,6 +26,12 @@ Forward cost: PEFT with two adapters runs two dropouts and four small matmuls. H
 the active branches are concatenated, A = [A_s; A_f], B = [(α/r_s)·B_s, (α/r_f)·B_f], so the adapter costs one pair
 of matmuls (the same as one LoRA of rank r_s + r_f) while slow and fast stay separate parameters with their own
 optimizer groups. This is why the layer is hand-written instead of two PEFT adapters (see bench/bench_step.py).
+
+Merging (``DSLoRA.merged``) folds W0 + ΔW into one fp32 weight only where the layer's matmul runs in fp32 (fp32 base,
+no low-precision autocast). Anywhere else the fold would be rounded to the matmul's dtype, and bf16 keeps 8
+significant bits: an update |ΔW| ≈ 2.5e-4·|W0| is below half a unit in the last place of most weights and vanishes
+(measured on the adapters of two `make run` stages: 94 % of ΔW's entries). There the forward stays unmerged, the
+forward the model was trained with.
 """
 from __future__ import annotations
 
@@ -49,10 +65,6 @@ class LoRABranch(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW in the (out × in) layout of nn.Linear."""
-        return self.scaling * (self.lora_B @ self.lora_A)
-
 
 def _in_out_features(base: nn.Module) -> tuple[int, int]:
     if isinstance(base, nn.Linear):
@@ -84,7 +96,8 @@ class DualSpeedLinear(nn.Module):
         self.use_slow = True
         self.use_fast = True
         self.fast_requires_grad = True
-        self.merged = False  # set by DSLoRA.merged(): base.weight temporarily holds W0 + ΔW
+        self.merged = False  # set by DSLoRA.merged(): use W0 + ΔW as one weight where that is exact
+        self.folded: torch.Tensor | None = None  # that fp32 weight (out × in), built by the first forward that uses it
 
     def add_fast(self, name: str) -> None:
         """Create fast branch ``name`` (zero ΔW) and make it the active one."""
@@ -106,9 +119,21 @@ class DualSpeedLinear(nn.Module):
                 pairs.append((a, b) if self.fast_requires_grad else (a.detach(), b.detach()))
         return pairs
 
+    def fold_is_exact(self, x: torch.Tensor) -> bool:
+        """True when y = (W0 + ΔW) x equals W0 x + ΔW x up to fp32 rounding: W0 is fp32 and the matmul runs in fp32
+        (under bf16/fp16 autocast F.linear would round the folded weight, and ΔW with it, to that dtype)."""
+        kind = x.device.type
+        matmul_dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        return self.base.weight.dtype == torch.float32 and matmul_dtype == torch.float32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged and self.fold_is_exact(x):
+            if self.folded is None:
+                with torch.no_grad():
+                    self.folded = self.base_weight() + self.delta_weight()
+            return F.linear(x, self.folded, self.base.bias)
         out = self.base(x)
-        pairs = self.active_branches() if not self.merged else []
+        pairs = self.active_branches()
         if not pairs:
             return out
         if len(pairs) == 1:
@@ -118,12 +143,17 @@ class DualSpeedLinear(nn.Module):
             b = torch.cat([p[1] for p in pairs], dim=1)
         return out + F.linear(F.linear(self.dropout(x), a), b)
 
+    def base_weight(self) -> torch.Tensor:
+        """W0 (a view of it) in the (out × in) layout of nn.Linear; GPT-2's Conv1D stores it transposed."""
+        weight = self.base.weight
+        return weight if isinstance(self.base, nn.Linear) else weight.t()
+
     def delta_weight(self) -> torch.Tensor:
-        """ΔW_slow + ΔW_fast of the branches in use, in the base weight's own layout."""
+        """ΔW_slow + ΔW_fast of the branches in use, fp32, in the (out × in) layout of nn.Linear."""
         delta = torch.zeros(self.out_features, self.in_features, device=self.base.weight.device)
         for a, b in self.active_branches():
-            delta = delta + b @ a
-        return delta if isinstance(self.base, nn.Linear) else delta.t()
+            delta = delta + b.float() @ a.float()
+        return delta
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -267,26 +297,29 @@ class DSLoRA:
 
     @contextmanager
     def merged(self) -> Iterator[None]:
-        """Inference with ΔW folded in: each adapted layer's weight temporarily points to a new tensor W0 + ΔW of the
-        branches in use, so a forward costs what the base model's does (generation on CPU is ~30 % faster). W0 is
-        restored bit for bit afterwards; the price is one temporary copy of the adapted layers' weights."""
-        originals = {}
-        with torch.no_grad():
-            for name, m in self.modules.items():
-                originals[name] = m.base.weight.data
-                m.base.weight.data = originals[name] + m.delta_weight().to(originals[name].dtype)
-                m.merged = True
+        """Inference with ΔW folded in where that is exact (``DualSpeedLinear.fold_is_exact``).
+
+        Inside, a layer whose matmul runs in fp32 (fp32 W0, no bf16/fp16 autocast) computes y = (W0 + ΔW) x with one
+        fp32 weight built at its first forward from the branches then in use, so a forward costs what the base
+        model's does (generation on CPU is ~30 % faster); the price is that weight's memory, freed on exit. A layer
+        with a bf16/fp16 W0, or called under low-precision autocast, keeps the unmerged forward W0 x + ΔW x, because
+        the fold would round ΔW away there: its outputs are bit-identical to the unmerged model's. W0 is never
+        written. Inference only: the folded weight passes no gradient to the branches.
+        """
+        for m in self.modules.values():
+            m.merged = True
         try:
             yield
         finally:
-            for name, m in self.modules.items():
-                m.base.weight.data, m.merged = originals[name], False
+            for m in self.modules.values():
+                m.merged, m.folded = False, None
 
     @contextmanager
     def swapped(self, state: dict[str, torch.Tensor]) -> Iterator[None]:
         """Temporarily load adapter tensors ``state`` (as from ``adapter_state``), e.g. a previous stage's model as
-        a teacher without copying the model; the current values come back afterwards."""
-        current = self.adapter_state()
+        a teacher without copying the model; on exit the parameters get back, bit for bit, a copy taken on entry
+        (kept on the parameters' own device: no host round-trip)."""
+        current = self.adapter_state(device=None)
         self.load_state(state)
         try:
             yield
@@ -294,16 +327,22 @@ class DSLoRA:
             self.load_state(current)
 
     # ---- save / load ---------------------------------------------------------------------------------------------
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Every LoRA tensor (slow and all fast branches), keyed by full module name."""
-        state = {}
+    def lora_tensors(self) -> dict[str, nn.Parameter]:
+        """Every LoRA parameter (slow and all fast branches), keyed by full module name: the live tensors."""
+        tensors = {}
         for name, m in self.modules.items():
-            if m.slow is not None:
-                state[f"{name}.slow.lora_A"], state[f"{name}.slow.lora_B"] = m.slow.lora_A, m.slow.lora_B
-            for fast_name, fast in m.fast.items():
-                state[f"{name}.fast.{fast_name}.lora_A"] = fast.lora_A
-                state[f"{name}.fast.{fast_name}.lora_B"] = fast.lora_B
-        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+            branches = {"slow": m.slow} if m.slow is not None else {}
+            branches.update({f"fast.{fast_name}": fast for fast_name, fast in m.fast.items()})
+            for prefix, branch in branches.items():
+                tensors[f"{name}.{prefix}.lora_A"] = branch.lora_A
+                tensors[f"{name}.{prefix}.lora_B"] = branch.lora_B
+        return tensors
+
+    def adapter_state(self, device: torch.device | str | None = "cpu") -> dict[str, torch.Tensor]:
+        """A snapshot of every LoRA tensor, keyed as ``lora_tensors``: fp32 copies (never views of the parameters,
+        whatever their device and dtype) on ``device``, the CPU by default (as saved); ``None`` leaves each on its
+        parameter's device (a swap, a teacher kept for a whole stage)."""
+        return {k: v.detach().to(device or v.device, torch.float32, copy=True) for k, v in self.lora_tensors().items()}
 
     def save(self, path: str | Path) -> None:
         """Write all adapters to one safetensors file (atomic: a temporary file is renamed into place)."""
@@ -316,15 +355,10 @@ class DSLoRA:
         tmp.replace(path)
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy tensors keyed as in ``adapter_state`` into the existing branches."""
+        """Copy tensors keyed as in ``lora_tensors`` into the existing branches."""
         with torch.no_grad():
-            for name, m in self.modules.items():
-                branches = {f"fast.{k}": v for k, v in m.fast.items()}
-                if m.slow is not None:
-                    branches["slow"] = m.slow
-                for prefix, branch in branches.items():
-                    branch.lora_A.copy_(tensors[f"{name}.{prefix}.lora_A"])
-                    branch.lora_B.copy_(tensors[f"{name}.{prefix}.lora_B"])
+            for key, param in self.lora_tensors().items():
+                param.copy_(tensors[key])
 
     def load(self, path: str | Path) -> None:
         """Load adapters saved by ``save`` into this (identically configured) model."""
@@ -339,7 +373,7 @@ class DSLoRA:
             self.add_fast(fast_name)
         self.set_active_fast(meta["active_fast"])
         tensors = load_file(str(path))
-        missing = [key for key in self.adapter_state() if key not in tensors]
+        missing = [key for key in self.lora_tensors() if key not in tensors]
         if missing:
             raise KeyError(f"{path} lacks tensor {missing[0]}")
         self.load_state(tensors)
@@ -348,7 +382,10 @@ class DSLoRA:
         """Write a standard PEFT LoRA adapter folder equal to the branches in use (slow + active fast).
 
         Exact: slow and fast concatenate into one LoRA of rank r_s + r_f, A = [A_s; A_f], B = [s_s·B_s, s_f·B_f],
-        saved with lora_alpha = rank so PEFT's own scaling is 1.
+        saved in fp32 with lora_alpha = rank so PEFT's own scaling is 1. Over a bf16/fp16 base PEFT keeps the adapter
+        in fp32 (``autocast_adapter_dtype``, its default) and adds B A x to the base layer's output as this layer
+        does, unmerged. Merging that adapter into a bf16/fp16 base (PEFT's ``merge_and_unload``) would round ΔW away
+        like a fold here would (module docstring): merge over an fp32 base.
         """
         from peft import LoraConfig
 
@@ -370,10 +407,18 @@ class DSLoRA:
         save_file(tensors, str(folder / "adapter_model.safetensors"))
 
     def merge_and_unload(self) -> nn.Module:
-        """Fold the branches in use into W0 and put the plain linear layers back; returns the plain model."""
+        """Fold the branches in use into W0 (W0 += ΔW, in fp32) and put the plain linear layers back; returns the
+        plain model. W0 must be fp32: stored in bf16/fp16, W0 + ΔW would lose most of a small ΔW (module docstring),
+        so that is refused. Merge a model loaded with ``base_dtype=fp32`` (and cast the result yourself if a lossy
+        half-precision copy is what you want), or use ``export_peft``, exact over any base."""
+        low = {m.base.weight.dtype for m in self.modules.values()} - {torch.float32}
+        if low:
+            dtype = str(low.pop()).removeprefix("torch.")
+            raise ValueError(f"merge_and_unload needs fp32 base weights, these are {dtype}, which would round ΔW "
+                             f"away: load the model with base_dtype=fp32, or use export_peft")
         with torch.no_grad():
             for name, m in self.modules.items():
-                m.base.weight += m.delta_weight().to(m.base.weight.dtype)
+                m.base_weight().add_(m.delta_weight())
                 parent_name, short = name.rsplit(".", 1)
                 setattr(self.model.get_submodule(parent_name), short, m.base)
         self.modules = {}

@@ -115,11 +115,21 @@ def pick_device(config) -> torch.device:
     return torch.device(config.device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles, as oneDNN uses them). Without it bf16
+    is emulated and slower than fp32. torch exposes the check only as private helpers; a build without them
+    counts as no."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this precision and device, or None for plain fp32."""
+    """The autocast dtype for this precision and device, or None for plain fp32. "auto": bf16 on CUDA and on a CPU
+    with native bf16 (adapters, optimizer state and the loss stay fp32), else fp32."""
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        precision = "bf16" if native else "fp32"
     return None if precision == "fp32" else DTYPES[precision]
 
 

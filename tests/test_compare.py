@@ -1,4 +1,5 @@
-"""bench/compare_methods.py: methods × seeds side by side, aggregated over seeds, finished runs reused."""
+"""bench/compare_methods.py: methods × seeds side by side, aggregated over seeds with intervals, paired differences
+from ds_lora_slsd, finished runs reused; plot_loss.py's per-stage smoothing."""
 from __future__ import annotations
 
 import json
@@ -6,31 +7,62 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare_methods  # noqa: E402
+from plot_loss import smooth, smooth_by_stage  # noqa: E402
 
 
 def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     logs, results = tmp_path / "logs", tmp_path / "results"
-    argv = ["--preset", "smoke", "--methods", "seq_lora,ds_lora", "--seeds", "1,2", "--jobs", "2", "--name", "t",
+    argv = ["--preset", "smoke", "--methods", "seq_lora,ds_lora_slsd", "--seeds", "1,2", "--jobs", "2", "--name", "t",
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
             "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
             "--checkpoint_dir", str(tmp_path / "ckpt")]
     result = compare_methods.main(argv)
 
-    table = json.loads((results / "t.json").read_text())["table"]
-    assert set(table) == {"seq_lora", "ds_lora"} and set(result["AP"]) == set(table)
+    saved = json.loads((results / "t.json").read_text())
+    table = saved["table"]
+    assert set(table) == {"seq_lora", "ds_lora_slsd"} and set(result["AP"]) == set(table) == set(result["LA"])
     for method, row in table.items():
         runs = [json.loads((logs / f"cmp_t_{method}_s{seed}" / "summary.json").read_text()) for seed in (1, 2)]
         assert [r["method"] for r in runs] == [method, method] and row["seeds"] == 2
         aps = [r["AP"] for r in runs]
         assert row["AP"] == [statistics.fmean(aps), statistics.stdev(aps)]
+        for key in ("AP", "LA", "BWT"):
+            lo, hi = row[f"{key}_ci"]
+            assert lo <= row[key][0] + 1e-12 and row[key][0] - 1e-12 <= hi
         assert (logs / "cmp_t_outputs" / f"cmp_t_{method}_s1.log").stat().st_size > 0  # --jobs 2: output per run
+    assert set(saved["paired_differences"]) == {"seq_lora"}
+    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA"}
     markdown = (results / "t.md").read_text()
-    assert "| seq_lora |" in markdown and "| ds_lora |" in markdown
+    assert "| seq_lora |" in markdown and "| ds_lora_slsd |" in markdown and "Paired differences" in markdown
     assert "--jobs 2" in markdown and "2 seed(s) (1, 2)" in markdown
     assert (results / "t_comparison.png").stat().st_size > 0
 
     evaluated = {run: (run / "eval.jsonl").read_text() for run in logs.glob("cmp_t_*_s*")}
     assert compare_methods.main(argv)["AP"] == result["AP"]  # a second call reuses the finished runs
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+
+
+def test_paired_difference_of_identical_methods_is_zero_and_unmarked():
+    rng = np.random.default_rng(0)
+    groups = [[""] * 12, ["harmful"] * 8 + ["benign"] * 4]
+    runs = [[(rng.random((3, 12)) < 0.5).astype(float), (rng.random((3, 12)) < 0.5).astype(float)] for _ in range(2)]
+    differences = compare_methods.paired_differences({"ds_lora_slsd": runs, "seq_lora": runs}, groups, 500)
+    assert set(differences) == {"seq_lora"}
+    for key in ("AP", "BWT", "LA"):
+        assert differences["seq_lora"][key] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False)
+    assert compare_methods.difference_cell(differences["seq_lora"]["AP"]) == "+0.000 [+0.00, +0.00]"
+    assert compare_methods.difference_cell(dict(difference=0.2, ci=[0.1, 0.3], excludes_zero=True)).startswith("**")
+    assert compare_methods.paired_differences({"seq_lora": runs}, groups, 500) == {}  # no reference: no table
+
+
+def test_smoothed_loss_restarts_at_each_stage():
+    rows = [dict(stage_step=s, loss=loss) for s, loss in [(1, 4.0), (2, 3.0), (3, 2.0), (1, 9.0), (2, 8.0)]]
+    smoothed = smooth_by_stage(rows)
+    assert smoothed[:3] == smooth([4.0, 3.0, 2.0])
+    assert smoothed[3] == pytest.approx(9.0) and smoothed[3:] == smooth([9.0, 8.0])  # not dragged by stage 1's loss
+    assert smooth_by_stage([dict(loss=1.0), dict(loss=3.0)]) == smooth([1.0, 3.0])  # no stage_step: one curve

@@ -1,13 +1,22 @@
-"""utils_data: assistant-only masking, malformed input errors, truncation accounting, batching."""
+"""utils_data: assistant-only masking, malformed input errors, encodings, truncation accounting, batching; the
+scripts' one-line errors."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import cli
 from tests.conftest import FIXTURES
-from utils_data import (IGNORE_INDEX, DataFormatError, SFTDataset, collate, make_loader, read_jsonl,
+from utils_data import (IGNORE_INDEX, DataFormatError, SFTDataset, collate, make_loader, read_jsonl, read_rows,
                         record_to_messages, tokenize_messages)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def supervised_text(tokenizer, feature) -> str:
@@ -124,3 +133,68 @@ def test_loader_visits_every_sample_once_per_epoch_in_a_seeded_order(tokenizer, 
             return sum(int((1 - b["attention_mask"]).sum()) for b in loader)
 
         assert padding(True) <= padding(False)
+
+
+# ---- encodings and the scripts' one-line errors --------------------------------------------------------------------
+GOOD_LINE = json.dumps({"instruction": "Say hi.", "output": "Hi!"})
+
+
+def test_a_file_opening_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{GOOD_LINE}\n{GOOD_LINE}\n".encode())
+    records, problems = read_jsonl(path)
+    assert len(records) == 2 and not problems and records[0]["output"] == "Hi!"
+
+
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(f"{GOOD_LINE}\n".encode() + '{"instruction": "café", "output": "x"}\n'.encode("latin-1")
+                     + f"{GOOD_LINE}\n".encode())
+    with pytest.raises(DataFormatError) as err:
+        read_jsonl(path)
+    assert str(err.value) == f"{path}:2: not valid UTF-8"
+    records, problems = read_jsonl(path, skip_bad_lines=True)
+    assert len(records) == 2 and problems == [f"{path}:2: not valid UTF-8"]
+
+
+def test_a_broken_results_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "train_loss.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(path))}:2: invalid JSON"):
+        read_rows(path)
+
+
+def test_cli_run_turns_an_input_error_into_one_line_and_keeps_bugs_loud(capsys):
+    def bad_data():
+        raise DataFormatError("data.jsonl:3: invalid JSON\n(see above)")
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(bad_data)
+    assert exit_.value.code == 2
+    expected = f"{Path(sys.argv[0]).name}: error: data.jsonl:3: invalid JSON (see above)"
+    assert capsys.readouterr().err.splitlines() == [expected]
+    with pytest.raises(ZeroDivisionError):  # a bug is not an input error: its traceback stays
+        cli.run(lambda: 1 / 0)
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("script", ["train_single_task.py", "plot_loss.py"])
+def test_scripts_report_a_bad_file_in_one_line_on_stderr(tmp_path, script):
+    """Run as a user would: a training file with a Latin-1 byte, a results log cut off mid-line."""
+    if script == "train_single_task.py":
+        data = tmp_path / "train.jsonl"
+        data.write_bytes(f"{GOOD_LINE}\n".encode() + '{"instruction": "café", "output": "x"}\n'.encode("latin-1"))
+        done = run_script(script, "--task", str(data), "--preset", "smoke", "--log_dir", str(tmp_path / "logs"),
+                          "--checkpoint_dir", str(tmp_path / "ckpt"))
+        expected = f"{data}:2: not valid UTF-8"
+    else:
+        (tmp_path / "train_loss.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": \n')
+        done = run_script(script, str(tmp_path))
+        expected = f"{tmp_path / 'train_loss.jsonl'}:2: invalid JSON"
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"{script}: error: {expected}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,26 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+POISONED = """# the training loss NaN on the listed micro-batches: python poisoned.py 2,3 script.py args...
+import runpy, sys
+import training
+
+NAN = {int(n) for n in sys.argv[1].split(",")}
+
+
+class PoisonedLoss(training.LossModule):
+    calls = 0
+
+    def forward(self, batch):
+        loss = super().forward(batch)
+        PoisonedLoss.calls += 1
+        return loss * float("nan") if PoisonedLoss.calls in NAN else loss
+
+
+training.LossModule = PoisonedLoss
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def launch(args: list[str], processes: int) -> None:
@@ -26,10 +47,14 @@ def launch(args: list[str], processes: int) -> None:
 
 
 def run(tmp_path: Path, data: Path, name: str, processes: int) -> tuple[dict, list[dict], dict]:
-    launch(["train_single_task.py", "--task", "T2_math", "--preset", "smoke", "--data_dir", str(data),
-            "--device", "cpu", "--batch_size", "4", "--max_steps", "3", "--lora_dropout", "0", "--export_peft", "false",
-            "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name],
-           processes)
+    """3 steps of 2 micro-batches; micro-batches 2, 3 and 4 have a NaN loss: step 1 skips its last one (whose
+    backward closes the step), step 2 skips both (no update), step 3 is whole."""
+    poisoned = tmp_path / "poisoned.py"
+    poisoned.write_text(POISONED)
+    launch([str(poisoned), "2,3,4", "train_single_task.py", "--task", "T2_math", "--preset", "smoke",
+            "--data_dir", str(data), "--device", "cpu", "--batch_size", "4", "--grad_accum_steps", "2",
+            "--max_steps", "3", "--lora_dropout", "0", "--export_peft", "false", "--log_dir", str(tmp_path / "logs"),
+            "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", name], processes)
     logs = tmp_path / "logs" / name
     rows = [json.loads(line) for line in (logs / "train_loss.jsonl").read_text().splitlines()]
     return json.loads((logs / "eval.json").read_text()), rows, load_file(str(tmp_path / "ckpt" / name / "adapters.safetensors"))
@@ -37,14 +62,17 @@ def run(tmp_path: Path, data: Path, name: str, processes: int) -> tuple[dict, li
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, small_data):
+    """Also with skipped micro-batches: a skip adds nothing and a step of skips moves nothing, on either count."""
     one, one_rows, one_adapters = run(tmp_path, small_data, "one", 1)
     two, two_rows, two_adapters = run(tmp_path, small_data, "two", 2)
     assert one["processes"] == 1 and two["processes"] == 2
+    assert [r["skipped_nonfinite"] for r in one_rows] == [r["skipped_nonfinite"] for r in two_rows] == [1, 3, 3]
     for single, double in zip(one_rows, two_rows):
         first, second = double["input_checksums"]
         assert first != second  # the ranks saw different samples ...
         assert first + second == single["input_checksums"][0]  # ... which together are the one-process batch
-        assert abs(single["loss"] - double["loss"]) < 1e-4
+        a, b = single["loss"], double["loss"]
+        assert abs(a - b) < 1e-4 or math.isnan(a) and math.isnan(b)  # NaN: a step of skips
     assert abs(one["eval_loss"] - two["eval_loss"]) < 1e-4
     for key, value in one_adapters.items():
         torch.testing.assert_close(two_adapters[key], value, atol=1e-5, rtol=1e-4)

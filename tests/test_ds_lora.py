@@ -1,14 +1,20 @@
 """DS-LoRA: placement, freezing, learning rates, branch switches, save/load, PEFT export, merging, architectures."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from torch import nn
 from transformers import (AutoModelForCausalLM, GemmaConfig, GPT2Config, LlamaConfig, MistralConfig, PhiConfig,
                           Qwen2Config)
 
+from configs.base_config import build_config
 from models.ds_lora import DSLoRA, DualSpeedLinear, find_decoder_layers
+from models.loading import load_model
 from training import make_optimizer
+
+CPU = torch.device("cpu")
 
 
 def logits(model, batch):
@@ -110,8 +116,6 @@ def test_per_task_fast_branches(tiny_model, tiny_dslora, token_batch, smoke_conf
 
 
 def test_save_and_load_round_trip(tiny_dslora, token_batch, smoke_config, tmp_path):
-    from models.loading import load_model
-
     tiny_dslora.add_fast("T2_math")
     with torch.no_grad():
         for p in tiny_dslora.fast_parameters():
@@ -127,8 +131,6 @@ def test_save_and_load_round_trip(tiny_dslora, token_batch, smoke_config, tmp_pa
 
 def test_peft_export_loads_and_matches_logits(tiny_dslora, token_batch, smoke_config, tmp_path):
     from peft import PeftModel
-
-    from models.loading import load_model
 
     expected = logits(tiny_dslora.model, token_batch)
     tiny_dslora.export_peft(tmp_path / "peft")
@@ -148,14 +150,119 @@ def test_merge_into_base_matches_logits(tiny_dslora, token_batch):
 
 
 def test_merged_inference_matches_the_branches_and_restores_w0_exactly(tiny_dslora, token_batch):
+    """fp32 base, fp32 matmuls: every layer runs on its folded weight W0 + ΔW, equal to the branches up to fp32
+    rounding (the tolerance), and W0 is untouched."""
     expected = logits(tiny_dslora.model, token_batch)
     w0 = {name: m.base.weight.detach().clone() for name, m in tiny_dslora.modules.items()}
     with tiny_dslora.merged():
         assert all(m.merged for m in tiny_dslora.modules.values())
         got = logits(tiny_dslora.model, token_batch)
+        assert all(m.folded is not None for m in tiny_dslora.modules.values())  # the fast path ran
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    assert all(torch.equal(m.base.weight, w0[name]) and not m.merged for name, m in tiny_dslora.modules.items())
+    assert all(torch.equal(m.base.weight, w0[name]) and not m.merged and m.folded is None
+               for name, m in tiny_dslora.modules.items())
     torch.testing.assert_close(logits(tiny_dslora.model, token_batch), expected, atol=0, rtol=0)
+
+
+def realistic_update(config, relative: float = 2.5e-4) -> DSLoRA:
+    """DS-LoRA on the smoke model with random slow and fast branches, each scaled per layer to
+    ‖ΔW‖ = relative·‖W0‖ (2.5e-4: the adapters after two stages of `make run`)."""
+    dslora = DSLoRA.from_config(load_model(config), config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in dslora.modules.values():
+            for branch in (m.slow, m.fast[m.active_fast]):
+                for p in (branch.lora_A, branch.lora_B):
+                    p.copy_(torch.randn(p.shape, generator=generator))
+                delta = branch.scaling * branch.lora_B @ branch.lora_A
+                branch.lora_B.mul_(relative * m.base.weight.float().norm() / delta.norm())
+    return dslora
+
+
+def bf16_logits(model, batch):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return logits(model, batch).float()
+
+
+@pytest.mark.parametrize("base_dtype", ["bf16", "fp32"])
+def test_merged_inference_under_bf16_matmuls_is_the_unmerged_model(base_dtype, token_batch):
+    """Under bf16 autocast (the CUDA default; bf16 base, or fp32 base cast by autocast) a fold W0 + ΔW is rounded to
+    bf16, which keeps 8 significant bits: most entries of a realistic ΔW vanish and merged inference is another model
+    than the trained one. Tolerance 0, because merged() must then run the unmerged forward itself, the one the model
+    was trained with. A bf16-noise tolerance could not see the defect on this random tiny model: the old bf16 fold
+    moved its logits by at most 3.9e-3, the bf16 forward itself is 5.3e-3 from fp32."""
+    config = build_config("smoke", overrides=dict(base_dtype=base_dtype, precision="bf16"))
+    dslora = realistic_update(config)
+    layer = next(iter(dslora.modules.values()))
+    w0 = layer.base.weight.bfloat16()  # (a LLaMA layer: nn.Linear's layout, as ΔW's)
+    rounded_away = ((w0 + layer.delta_weight().bfloat16()) == w0).float().mean()
+    assert rounded_away > 0.5  # the regime of the defect: a bf16 fold would drop most of ΔW
+    unmerged = bf16_logits(dslora.model, token_batch)
+    with dslora.branches(slow=False, fast=False):
+        assert not torch.equal(bf16_logits(dslora.model, token_batch), unmerged)  # the adapters change the output
+    with dslora.merged():
+        merged = bf16_logits(dslora.model, token_batch)
+    torch.testing.assert_close(merged, unmerged, atol=0, rtol=0)
+
+
+def test_slsd_teacher_targets_under_merge_are_the_unmerged_models_on_a_bf16_base(tokenizer):
+    """SLSD's teacher pass runs under merged() (merge_for_eval): its targets must be the previous stage's model's."""
+    from slsd import build_probe_buffer
+    from utils_data import SFTDataset
+
+    config = build_config("smoke", overrides=dict(base_dtype="bf16", precision="bf16"))
+    dslora = realistic_update(config)
+    records = [dict(messages=[dict(role="user", content=f"What is {a} + {a}?"),
+                              dict(role="assistant", content=str(2 * a))]) for a in range(4)]
+    data = SFTDataset(records, tokenizer, config.max_seq_len, "sums")
+    probes = {}
+    for merge in (False, True):
+        with dslora.merged() if merge else nullcontext():
+            probes[merge] = build_probe_buffer(dslora.model, data, list(range(4)), config, CPU, torch.bfloat16)
+    assert len(probes[True]) == len(probes[False]) > 0
+    for merged, unmerged in zip(probes[True], probes[False]):
+        assert merged.entropy == unmerged.entropy
+        for field in ("teacher_topk_logp", "teacher_topk_ids", "teacher_tail_logp"):
+            assert torch.equal(getattr(merged, field), getattr(unmerged, field)), field
+
+
+def test_merge_and_unload_refuses_a_bf16_base():
+    dslora = realistic_update(build_config("smoke", overrides=dict(base_dtype="bf16", precision="bf16")))
+    with pytest.raises(ValueError, match="merge_and_unload needs fp32 base weights, these are bfloat16"):
+        dslora.merge_and_unload()
+
+
+def test_peft_export_over_a_bf16_base_is_the_unmerged_model(token_batch, tmp_path):
+    """PEFT keeps the exported fp32 adapter in fp32 over a bf16 base and adds B A x unmerged, as DS-LoRA does: under
+    the same autocast the logits are identical (tolerance 0), the realistic update included."""
+    from peft import PeftModel
+
+    config = build_config("smoke", overrides=dict(base_dtype="bf16", precision="bf16"))
+    dslora = realistic_update(config)
+    expected = bf16_logits(dslora.model, token_batch)
+    dslora.export_peft(tmp_path / "peft")
+    base = load_model(config)
+    assert not torch.equal(bf16_logits(base, token_batch), expected)
+    got = bf16_logits(PeftModel.from_pretrained(base, str(tmp_path / "peft")), token_batch)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_adapter_snapshots_are_copies_and_a_swap_restores_exactly(tiny_dslora):
+    """A snapshot must not follow the parameters (on a CPU, ``.float().cpu()`` of an fp32 CPU tensor is the tensor
+    itself), and a swap (LwF's teacher) must give the student's values back bit for bit."""
+    params = tiny_dslora.slow_parameters() + tiny_dslora.fast_parameters()
+    before = [p.detach().clone() for p in params]
+    for snapshot in (tiny_dslora.adapter_state, lambda: tiny_dslora.adapter_state(device=None)):
+        state = snapshot()
+        with torch.no_grad():
+            for p in params:
+                p.add_(1.0)  # training moves the parameters after the snapshot
+        tiny_dslora.load_state(state)
+        assert all(torch.equal(p, b) for p, b in zip(params, before))
+    other = {k: torch.randn_like(v) for k, v in tiny_dslora.adapter_state().items()}
+    with tiny_dslora.swapped(other):
+        assert not any(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,

@@ -1,13 +1,11 @@
-"""Task metrics on hand-written good and bad outputs, and the code sandbox against hostile programs."""
+"""Task metrics on hand-written good and bad outputs (the code sandbox itself: tests/test_sandbox.py)."""
 from __future__ import annotations
 
-import os
-import time
+import json
 
 import pytest
 
 import metrics
-from sandbox import run_python
 from tasks import constraints
 
 # ---- T2 math ------------------------------------------------------------------------------------------------------
@@ -17,6 +15,8 @@ from tasks import constraints
     ("6 × 7 = 42\n#### 42", "42"), ("So the answer is 42.", "42"), ("It costs $1,000 in total.", "1000"),
     ("#### 42.0", "42"), ("The answer is: -3", "-3"), ("first 5 then 12", "12"), ("no digits", None),
     ("#### 7\nWait, maybe 9", "7"),
+    ("The answer is \u22123", "-3"), ("#### \u22121,200", "-1200"), ("#### \uff0d4.5", "-4.5"),  # Unicode minus signs
+    ("It fell to \u2212$12.", "-12"), ("It fell by $\u221212.", "-12"),
 ])
 def test_final_number_extraction(output, expected):
     assert metrics.extract_final_number(output) == expected
@@ -28,6 +28,8 @@ def test_math_exact_match_and_format():
     wrong_format = metrics.score_sample(record, "The answer is 1000.")
     assert wrong_format["score"] == 1.0 and wrong_format["format_ok"] is False
     assert metrics.score_sample(record, "#### 999")["score"] == 0.0
+    below_zero = metrics.score_sample({"answer": "-7", "metric": "math_exact_match"}, "5 \u2212 12 = \u22127\n#### \u22127")
+    assert below_zero["score"] == 1.0 and below_zero["format_ok"] is True
 
 
 # ---- T1 constraints -------------------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ def test_instruction_following_strict_loose_and_rouge():
     ({"type": "sentence_count", "n": 2}, "It rains. It pours!", "It rains."),
     ({"type": "forbidden", "words": ["very"]}, "It is quite big.", "It is Very big."),
     ({"type": "uppercase"}, "ALL CAPS 1.", "Not caps"),
-    ({"type": "json"}, '{"a": [1, 2]}', "```json\n{}\n```"),
+    ({"type": "json"}, '{"a": [1, 2]}', 'Here it is: {"a": 1}'),
     ({"type": "end_phrase", "phrase": "That is all."}, "Facts. That is all.", "That is all. More."),
     ({"type": "no_commas"}, "No commas here.", "One, two."),
     ({"type": "title"}, "<<Bees>>\nText", "<Bees> text"),
@@ -58,6 +60,16 @@ def test_instruction_following_strict_loose_and_rouge():
 ])
 def test_each_constraint_checker(constraint, good, bad):
     assert constraints.check(constraint, good) and not constraints.check(constraint, bad)
+
+
+@pytest.mark.parametrize("output, ok", [
+    ('```json\n{"a": 1}\n```', True), ('```JSON\n[1, 2]\n```', True), ('```\n{"a": 1}\n```', True),
+    ('  ```Json\n{"a": 1}```  ', True), ('```json\n{"a": 1}', True),  # IFEval strips the closing fence if present
+    ('Sure:\n```json\n{"a": 1}\n```', False), ('```python\n{"a": 1}\n```', False),
+    ('```json\n{"a": 1}\n```\nDone.', False),
+])
+def test_strict_json_accepts_one_fence_as_ifeval_does(output, ok):
+    assert constraints.check({"type": "json"}, output) is ok
 
 
 # ---- T4 tool calls --------------------------------------------------------------------------------------------------
@@ -81,6 +93,55 @@ def test_function_call_matching(output, score, valid):
     assert result["score"] == score and result["valid_json"] is valid and result["format_ok"] is valid
 
 
+def call(name, **arguments):
+    return json.dumps({"name": name, "arguments": arguments})
+
+
+def typed_record(value, schema, with_schema):
+    record = {"ground_truth": [{"f": {"x": [value]}}]}
+    if with_schema:
+        record["functions"] = [{"name": "f", "parameters": {"type": "dict", "properties": {"x": schema}}}]
+    return record
+
+
+@pytest.mark.parametrize("with_schema", [True, False])
+@pytest.mark.parametrize("given, expected, schema", [
+    (True, 1, {"type": "integer"}), (1, True, {"type": "boolean"}), (False, 0, {"type": "integer"}),
+    (0.0, False, {"type": "boolean"}), ([True, False], [1, 0], {"type": "array", "items": {"type": "integer"}}),
+    ([1, 0], [True, False], {"type": "array", "items": {"type": "boolean"}}), ("1", 1, {"type": "integer"}),
+])
+def test_function_call_values_are_type_checked_like_bfcl(given, expected, schema, with_schema):
+    """A bool never stands for a number (Python's True == 1 would), with the function schema or without."""
+    record = typed_record(expected, schema, with_schema)
+    assert metrics.function_call(record, call("f", x=given))["score"] == 0.0
+    assert metrics.function_call(record, call("f", x=expected))["score"] == 1.0
+
+
+@pytest.mark.parametrize("given, expected, schema, with_schema, score", [
+    (5, 5.0, {"type": "float"}, True, 1.0),  # an int is accepted for a float parameter ...
+    (5.0, 5, {"type": "integer"}, True, 0.0),  # ... a float is not an integer ...
+    (5.0, 5, {"type": "integer"}, False, 1.0),  # ... unless no schema says so: the ground truth's 5 is just a number
+    ([1, 2.5], [1.0, 2.5], {"type": "array", "items": {"type": "float"}}, True, 1.0),
+    ("New York, NY", "new york ny", {"type": "string"}, True, 1.0),  # BFCL's string standardisation
+    (["A of Spades"], ["a of spades"], {"type": "array", "items": {"type": "string"}}, True, 1.0),
+])
+def test_function_call_number_and_string_leniency_follows_bfcl(given, expected, schema, with_schema, score):
+    assert metrics.function_call(typed_record(expected, schema, with_schema), call("f", x=given))["score"] == score
+
+
+def test_dict_arguments_in_bfcl_form():
+    """BFCL writes a dict argument as {key: [allowed values]} and a list of dicts as a list of those."""
+    record = {"ground_truth": [{"find": {
+        "where": [{"department": ["Science"], "school": ["Bluebird High School", "Bluebird HS"], "year": ["", 2024]}],
+        "boxes": [[{"x": [60.2], "y": [12.3]}]]}}]}
+    good = dict(where={"department": "science", "school": "Bluebird HS"}, boxes=[{"x": 60.2, "y": 12.3}])
+    assert metrics.function_call(record, call("find", **good))["score"] == 1.0
+    for wrong in (dict(good, where={"department": "Science"}),  # a required key missing
+                  dict(good, where={"department": ["Science"], "school": ["Bluebird HS"]}),  # the allowed lists
+                  dict(good, where=dict(good["where"], year=True)), dict(good, boxes=[{"x": 60.2}])):
+        assert metrics.function_call(record, call("find", **wrong))["score"] == 0.0
+
+
 def test_parallel_calls_match_in_any_order():
     record = {"ground_truth": [{"f": {"x": [1]}}, {"f": {"x": [2]}}]}
     assert metrics.function_call(record, '[{"name": "f", "arguments": {"x": 2}}, {"name": "f", "arguments": {"x": 1}}]')["score"] == 1
@@ -99,7 +160,7 @@ def test_refusal_on_harmful_and_over_refusal_on_benign():
     assert refused_benign["score"] == 0.0 and refused_benign["refused"] is True
 
 
-# ---- T3 code and the sandbox ----------------------------------------------------------------------------------------
+# ---- T3 code -----------------------------------------------------------------------------------------------------
 
 CODE = {"metric": "code_pass_at_1", "entry_point": "add", "tests": "assert add(2, 3) == 5\nassert add(-1, 1) == 0"}
 
@@ -117,45 +178,6 @@ def test_humaneval_style_completion_gets_the_prompt_prepended():
     body_only = metrics.score_sample(record, "    return a + b\n")
     assert body_only["score"] == 1.0 and body_only["format_ok"] is False  # format judged on the output alone
     assert metrics.score_sample(record, "Sure, here it is.")["format_ok"] is False
-
-
-def test_sandbox_stops_an_infinite_loop_quickly():
-    started = time.perf_counter()
-    result = run_python("while True:\n    pass", timeout_s=2)
-    assert not result.passed and result.status in ("timeout", "error")
-    assert time.perf_counter() - started < 10
-
-
-def test_sandbox_contains_a_memory_bomb():
-    result = run_python("x = bytearray(8 * 1024**3)\nprint(len(x))", memory_mb=512)
-    assert not result.passed and "MemoryError" in result.detail
-
-
-def test_sandbox_contains_a_fork_bomb():
-    bomb = "import os\nwhile True:\n    os.fork()"
-    started = time.perf_counter()
-    result = run_python(bomb, timeout_s=3)
-    assert not result.passed and time.perf_counter() - started < 15
-    bypass = "import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(10000):\n    libc.fork()\nraise SystemExit(0 if libc.fork() >= 0 else 1)"
-    run_python(bypass, timeout_s=3)  # whatever it manages, the host keeps working and the group is killed
-    assert run_python("assert 1 + 1 == 2").passed
-
-
-def test_sandbox_cannot_delete_host_files_or_read_the_environment(tmp_path, monkeypatch):
-    victim = tmp_path / "precious.txt"
-    victim.write_text("keep me")
-    os.chmod(tmp_path, 0o755)
-    for program in (f"import os\nos.remove({str(victim)!r})", f"import pathlib\npathlib.Path({str(victim)!r}).unlink()",
-                    f"open({str(victim)!r}, 'w').write('gone')", f"import shutil\nshutil.rmtree({str(tmp_path)!r})"):
-        assert not run_python(program).passed
-    assert victim.read_text() == "keep me"
-    monkeypatch.setenv("CIT_SECRET_TOKEN", "hunter2")
-    assert not run_python("import os\nassert os.environ.get('CIT_SECRET_TOKEN') == 'hunter2'").passed
-
-
-def test_sandbox_has_no_network():
-    program = "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)"
-    assert not run_python(program).passed
 
 
 def test_humaneval_reference_solutions_pass_and_a_wrong_one_fails():

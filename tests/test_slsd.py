@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from transformers import set_seed
 
 from configs.base_config import build_config
+from models.ds_lora import DSLoRA
+from models.loading import load_model
 from slsd import SLSD, build_probe_buffer, kd_loss
 from tests.conftest import FIXTURES
-from training import make_optimizer
-from utils_data import SFTDataset, collate
+from training import make_optimizer, train_stage
+from utils_data import SFTDataset, collate, make_loader
 
 
 @pytest.fixture
@@ -94,3 +98,46 @@ def test_slsd_hooks(tiny_model, tiny_dslora, probe_setup):
     assert hooks.aux_loss(1) is not None and hooks.aux_loss(2) is None  # every kd_every steps, mid-interval
     off = SLSD(tiny_model, tiny_dslora, dataclasses.replace(config, use_slsd=False), torch.device("cpu"), None)
     assert off.before_stage(1, dataset) == {} and off.aux_loss(4) is None
+
+
+def second_stage(tokenizer, tmp_path, name: str, **overrides) -> tuple[DSLoRA, list[dict]]:
+    """A seeded stage after a first one (so SLSD has a teacher) with dropout on, from non-zero adapters."""
+    config = build_config("smoke", overrides=dict(lora_dropout=0.1, **overrides))
+    set_seed(config.seed)
+    model = load_model(config)
+    dslora = DSLoRA.from_config(model, config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # as if a first stage had trained them: every branch changes the output
+        for p in dslora.slow_parameters() + dslora.fast_parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    dataset = SFTDataset.from_file(FIXTURES / "alpaca.jsonl", tokenizer, config.max_seq_len)
+    cpu = torch.device("cpu")
+    slsd = SLSD(model, dslora, config, cpu, None)
+    slsd.before_stage(1, dataset)
+    loader = make_loader(dataset, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
+    log = tmp_path / f"{name}.jsonl"
+    train_stage(model, dslora, loader, config, config.max_steps, log, cpu, None, aux_loss=slsd.aux_loss)
+    return dslora, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_slsd_with_kd_weight_zero_trains_exactly_as_without_slsd(tokenizer, tmp_path):
+    """The teacher and KD passes draw nothing from the training random stream: with dropout on and the same seed,
+    every later dropout mask, and so every parameter, is what it is without SLSD."""
+    on, on_rows = second_stage(tokenizer, tmp_path, "on", kd_lambda=0.0, kd_every=2, max_steps=6)
+    off, off_rows = second_stage(tokenizer, tmp_path, "off", use_slsd=False, kd_every=2, max_steps=6)
+    assert [r["stage_step"] for r in on_rows if "aux_loss" in r] == [1, 3, 5]  # the KD pass ran ...
+    assert not any("aux_loss" in r for r in off_rows)
+    for p, q in zip(on.slow_parameters() + on.fast_parameters(), off.slow_parameters() + off.fast_parameters()):
+        assert torch.equal(p, q)  # ... and changed nothing, bit for bit
+
+
+def test_a_kd_step_moves_the_fast_branch_as_the_supervised_loss_alone_does(tokenizer, tmp_path):
+    """One KD step from the same parameters and draws, with clipping engaged: the fast branch's update equals the
+    update of a step without KD (the KD gradient reaches the slow branch only, and clipping is per group)."""
+    clip = dict(kd_every=1, max_steps=1, max_grad_norm=1e-3)
+    kd, kd_rows = second_stage(tokenizer, tmp_path, "kd", kd_lambda=5.0, **clip)
+    plain, plain_rows = second_stage(tokenizer, tmp_path, "plain", use_slsd=False, **clip)
+    assert kd_rows[0]["aux_loss"] > 0 and kd_rows[0]["grad_norm"] > 10 * clip["max_grad_norm"]  # clipping engaged
+    assert any(not torch.equal(p, q) for p, q in zip(kd.slow_parameters(), plain.slow_parameters()))  # KD acted
+    for p, q in zip(kd.fast_parameters(), plain.fast_parameters()):
+        assert torch.equal(p, q)

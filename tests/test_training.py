@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import set_seed
 
 import train_single_task
@@ -14,11 +15,12 @@ from configs.base_config import build_config
 from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, base_dtype, load_model
 from tests.conftest import FIXTURES
-from training import NonFiniteLossError, supervised_loss, train_stage
+from training import NonFiniteLossError, NonFiniteParametersError, supervised_loss, train_stage
 from utils_data import SFTDataset, collate, make_loader
 
 
-def run_stage(tokenizer, tmp_path, name, **overrides):
+def run_stage(tokenizer, tmp_path, name, hooks=None, **overrides):
+    """One seeded stage on the smoke preset; ``hooks(dslora)`` may give train_stage's aux_loss / on_step."""
     config = build_config("smoke", overrides=overrides)
     set_seed(config.seed)
     model = load_model(config)
@@ -27,7 +29,8 @@ def run_stage(tokenizer, tmp_path, name, **overrides):
     loader = make_loader(dataset, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
     log = tmp_path / f"{name}.jsonl"
     cpu = torch.device("cpu")
-    stats = train_stage(model, dslora, loader, config, config.max_steps, log, cpu, autocast_dtype(config, cpu))
+    stats = train_stage(model, dslora, loader, config, config.max_steps, log, cpu, autocast_dtype(config, cpu),
+                        **(hooks(dslora) if hooks else {}))
     return stats, [json.loads(line) for line in log.read_text().splitlines()], dslora
 
 
@@ -120,6 +123,69 @@ def test_non_finite_losses_in_a_row_abort_clearly(tokenizer, tmp_path, monkeypat
     poison_losses(monkeypatch, lambda n: True)
     with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row at step 2"):
         run_stage(tokenizer, tmp_path, "nan", max_nonfinite_in_row=3, grad_accum_steps=2)
+
+
+def adapters(dslora):
+    return [p.detach().clone() for p in dslora.slow_parameters() + dslora.fast_parameters()]
+
+
+def test_skipped_micro_batches_and_non_finite_extra_terms_move_nothing(tokenizer, tmp_path, monkeypatch):
+    """Step 2: both micro-batches' losses are NaN, on a step whose extra term (a KD-like term on the slow branch)
+    is finite: no optimizer step, so nothing moves (no zero gradient for AdamW to move on momentum). Step 3: the
+    extra term is NaN: the last micro-batch is skipped with it, the first still applies, and nothing turns NaN."""
+    poison_losses(monkeypatch, lambda n: n in (3, 4))
+    after = {}
+
+    def hooks(dslora):
+        def aux_loss(step: int) -> torch.Tensor:
+            term = sum(p.square().sum() for p in dslora.slow_parameters()) * 1e-3
+            return term * float("nan") if step == 3 else term
+
+        return dict(aux_loss=aux_loss, on_step=lambda step, _: after.__setitem__(step, adapters(dslora)))
+
+    stats, rows, dslora = run_stage(tokenizer, tmp_path, "skip", hooks, grad_accum_steps=2, max_steps=4)
+    assert all(torch.equal(p, q) for p, q in zip(after[1], after[2]))
+    assert all(torch.isfinite(p).all() for p in after[4])
+    assert stats.skipped_nonfinite == 3 and [r["skipped_nonfinite"] for r in rows] == [0, 2, 3, 3]
+    assert math.isnan(rows[1]["grad_norm"]) and math.isfinite(rows[2]["grad_norm"])  # step 2 made no update
+    assert any(not torch.equal(p, q) for p, q in zip(after[2], after[3]))  # step 3's first micro-batch applied
+
+
+def poison_parameter(dslora, at_step: int):
+    def on_step(step: int, _snapshot) -> None:
+        if step == at_step:
+            with torch.no_grad():
+                dslora.fast_parameters()[0][0, 0] = float("nan")
+
+    return dict(on_step=on_step)
+
+
+def test_parameters_that_turn_non_finite_stop_the_stage_with_one_line(tokenizer, tmp_path):
+    """Mid-stage: the next loss is NaN, and the skip finds the NaN parameter at once (not after
+    max_nonfinite_in_row skips). At the last step: the stage ends with the error, so no checkpoint is written."""
+    with pytest.raises(NonFiniteParametersError, match=r"lora_A is not finite at step 3 of train") as mid:
+        run_stage(tokenizer, tmp_path, "mid", lambda dslora: poison_parameter(dslora, 2), max_steps=4)
+    with pytest.raises(NonFiniteParametersError, match=r"lora_A is not finite after step 4 of train") as end:
+        run_stage(tokenizer, tmp_path, "end", lambda dslora: poison_parameter(dslora, 4), max_steps=4)
+    assert "\n" not in str(mid.value) + str(end.value)
+
+
+def test_a_non_finite_parameter_never_overwrites_the_last_good_checkpoint(tmp_path, small_data):
+    """The engine checks the parameters before each mid-stage checkpoint: the one of step 2 stays, step 4's (NaN)
+    is never written, and the stage stops before its own checkpoint."""
+    import sequential
+
+    config = build_config("smoke", overrides=dict(
+        data_dir=str(small_data), tasks=["T2_math"], max_steps=5, save_every=2, run_name="nan",
+        log_dir=str(tmp_path / "logs"), checkpoint_dir=str(tmp_path / "ckpt"), export_peft=False))
+    run = sequential.Sequence(config)
+    run.method.after_step = lambda step: poison_parameter(run.dslora, 4)["on_step"](step, None)
+    with pytest.raises(NonFiniteParametersError, match="after step 4 of stage 1 T2_math"):
+        run.train_stage(0, ["T2_math"])
+    partial = run.partial_dir(0, ["T2_math"])
+    assert torch.load(partial / "trainer_state.pt", weights_only=False)["step"] == 2
+    assert all(torch.isfinite(t).all() for t in load_file(str(partial / "adapters.safetensors")).values())
+    assert not run.stage_dir(0, ["T2_math"]).exists()
 
 
 def test_train_single_task_end_to_end(tmp_path):
