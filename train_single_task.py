@@ -139,6 +139,7 @@ def refuse_sequence_fields(parser, argv: list[str] | None) -> None:
 
 
 if __name__ == "__main__":
-    from cli import run  # data and config errors: one line on stderr, exit 2
+    from cli import run  # data and config errors, and a stage that diverged: one line on stderr, exit 2
+    from training import NonFiniteLossError, NonFiniteParametersError
 
-    run(main)
+    run(main, NonFiniteLossError, NonFiniteParametersError)

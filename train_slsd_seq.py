@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from cli import run  # data and config errors: one line on stderr, exit 2
+    from cli import run  # data and config errors, and a stage that diverged: one line on stderr, exit 2
+    from training import NonFiniteLossError, NonFiniteParametersError
 
-    run(main)
+    run(main, NonFiniteLossError, NonFiniteParametersError)

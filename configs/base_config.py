@@ -92,7 +92,7 @@ class Config:
     kd_batch_size: int = 1  # probe samples per KD step (CPU-sized: SLSD within 1.15x of a 20-step stage of batch 2)
     kd_branches: str = "slow"  # branches the KD loss trains: slow (the method) | both (ablation slsd_both)
     probe_selection: str = "entropy"  # probe samples kept: entropy (the filter) | random (ablation slsd_random)
-    fast_mode: str = "shared"  # shared (one fast branch across tasks) | per_task (a fresh fast branch per task)
+    fast_mode: str = "shared"  # shared (one fast branch across tasks, never reset) | reset (re-initialised at each new task) | per_task (a fresh fast branch per task, evaluated per task)
     save_every: int = 10  # mid-stage checkpoint (adapters, optimizer, schedule, RNG, data position) every N steps
 
     # ---- method and baselines (methods/) ---------------------------------------------------------------------
@@ -144,7 +144,7 @@ class Config:
             ("kd_every", self.kd_every >= 1, "must be >= 1"),
             ("kd_batch_size", self.kd_batch_size >= 1, "must be >= 1"),
             ("save_every", self.save_every >= 0, "must be >= 0"),
-            ("fast_mode", self.fast_mode in ("shared", "per_task"), "must be shared or per_task"),
+            ("fast_mode", self.fast_mode in ("shared", "reset", "per_task"), "must be shared, reset or per_task"),
             ("kd_branches", self.kd_branches in ("slow", "both"), "must be slow or both"),
             ("probe_selection", self.probe_selection in ("entropy", "random"), "must be entropy or random"),
             ("method", self.method in METHOD_NAMES, f"must be one of {', '.join(METHOD_NAMES)}"),

@@ -7,8 +7,10 @@ The fast branch's update is the one the supervised loss alone gives: the KD term
 random numbers from the training stream and does not share its clipping norm (slsd.py), so ``ds_lora`` and
 ``ds_lora_slsd`` with the same seed are a paired comparison.
 
-``fast_mode = per_task`` gives each task a fresh fast branch (earlier ones kept frozen; task t is evaluated with
-slow + fast_t). Ablations, chosen with ``--method``: ``ds_lora`` (no SLSD), ``slsd_both`` (KD also trains the fast
+``fast_mode``: ``shared`` keeps one fast branch, never reset, across the whole sequence; ``reset`` re-initialises it
+(ΔW_fast = 0) at the start of every task after the first, once SLSD's teacher has seen it, so what a task leaves
+behind lives in the slow branch only; ``per_task`` gives each task a fresh fast branch (earlier ones kept frozen; task
+t is evaluated with slow + fast_t). Ablations, chosen with ``--method``: ``ds_lora`` (no SLSD), ``slsd_both`` (KD also trains the fast
 branch), ``slsd_random`` (random probe samples instead of the entropy filter), ``ds_lora_slsd_per_task``.
 """
 from __future__ import annotations
@@ -39,6 +41,8 @@ class DualSpeed(Method):
         info = self.slsd.before_stage(stage, dataset)  # the teacher: the model as the previous stage left it
         if self.config.fast_mode == "per_task":
             self.dslora.add_fast(task_name(tasks[0]))
+        elif self.config.fast_mode == "reset" and stage > 0:
+            self.dslora.reset_fast()  # after the teacher pass: the teacher is slow + the previous fast branch
         return info
 
     def aux_loss(self, step: int) -> torch.Tensor | None:

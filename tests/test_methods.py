@@ -378,3 +378,23 @@ def test_train_single_task_refuses_fields_that_act_only_in_a_sequence(capsys):
     assert len(error.splitlines()) == 1 and "config field 'replay_ratio'" in error and "train_slsd_seq.py" in error
     assert set(train_single_task.SEQUENCE_ONLY) <= {f.name for f in dataclasses.fields(Config)}  # no stale names
 
+
+
+
+def test_fast_mode_reset_clears_the_fast_branch_after_the_teacher_saw_it(tokenizer):
+    """reset: every task after the first starts from ΔW_fast = 0 (B_fast = 0), and SLSD's teacher is the model as the
+    previous stage left it, fast branch included; shared keeps the branch as it was."""
+    fast, teachers = {}, {}
+    for mode in ("shared", "reset"):
+        ds = method("ds_lora_slsd", tokenizer, fast_mode=mode)
+        data = task_data("T2_math", tokenizer, ds.config)
+        with torch.no_grad():
+            for p in ds.dslora.fast_parameters():
+                p.add_(0.1)  # what a first stage would leave behind
+        ds.before_stage(1, ["T1_general"], data)
+        fast[mode] = {m: (b.fast[b.active_fast].lora_A.detach().clone(), b.fast[b.active_fast].lora_B.detach().clone())
+                      for m, b in ds.dslora.modules.items()}
+        teachers[mode] = [probe.teacher_topk_logp for probe in ds.slsd.probes]
+    assert all(torch.count_nonzero(B) == 0 for _, B in fast["reset"].values())
+    assert all(torch.count_nonzero(B) > 0 for _, B in fast["shared"].values())
+    assert teachers["reset"] and all(torch.equal(a, b) for a, b in zip(teachers["shared"], teachers["reset"]))
