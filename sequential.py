@@ -209,13 +209,13 @@ class Sequence:
                             aux_loss=self.method.aux_loss, resume=resume, on_step=after_step,
                             optimizer_factory=self.method.optimizer, loss_fn=self.method.loss,
                             accelerator=self.accelerator)
-        self.method.after_stage(stage, tasks, train)
+        figures = self.method.after_stage(stage, tasks, train)  # e.g. each loss term's ratio to the task loss
         self.save_stage(stage, tasks)
         info = dict(stage=stage, task=",".join(tasks), optimizer_steps=stats.optimizer_steps, tokens=stats.tokens,
                     skipped_nonfinite=stats.skipped_nonfinite, train_wall_s=round(stats.wall_s, 2),
                     teacher_wall_s=round(setup_s, 2), wall_s=round(time.perf_counter() - started, 2),
                     peak_memory_mb=round(peak_memory_mb(self.device), 1), train_samples=len(train),
-                    trainable_params=self.method.num_trainable(), processes=self.accelerator.num_processes, **info)
+                    trainable_params=self.method.num_trainable(), processes=self.accelerator.num_processes, **info, **figures)
         if self.main:
             with (self.log_dir / "stages.jsonl").open("a") as handle:
                 handle.write(json.dumps(info) + "\n")

@@ -72,7 +72,7 @@ def build_probe_buffer(model, dataset, indices: list[int], config, device: torch
     was_training = model.training
     model.eval()
     candidates: list[ProbeSample] = []
-    batch_size = config.eval_batch_size
+    batch_size = config.eval_batch_size  # the teacher pass is inference: it runs at the evaluation batch size
     for start in tqdm(range(0, len(indices), batch_size), desc="SLSD teacher pass", leave=False, dynamic_ncols=True):
         features = [dataset[i] for i in indices[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate(features, 0).items()}
@@ -144,7 +144,7 @@ class SLSD:
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + stage)
         count = min(self.config.probe_candidates, len(dataset))
         indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
-        with self.dslora.merged() if self.config.merge_for_eval else nullcontext():  # inference: ΔW folded in
+        with self.dslora.merged() if self.config.merge_for_eval else nullcontext():  # the teacher runs as evaluation does
             self.probes = build_probe_buffer(self.model, dataset, indices, self.config, self.device, self.amp_dtype)
         tokens = sum(len(p.positions) for p in self.probes)
         stored = sum(p.nbytes() for p in self.probes)

@@ -56,7 +56,7 @@ def train_times(config, device, batches: list[dict], steps: int) -> tuple[dict, 
             optimizer.zero_grad(set_to_none=True)
             if i:  # the first step of each mode warms up
                 times[mode].append(time.perf_counter() - start)
-            losses[mode].append(float(loss))
+            losses[mode].append(float(loss.detach()))
     return times, losses
 
 

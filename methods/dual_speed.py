@@ -46,7 +46,10 @@ class DualSpeed(Method):
         return info
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
-        return self.slsd.aux_loss(step)
+        kd = self.slsd.aux_loss(step)
+        if kd is not None:
+            self.terms.add("kd", kd)
+        return kd
 
     def eval_key(self, task: str) -> str:
         """per_task: task t is evaluated with slow + fast_t when fast_t exists; otherwise with the active branch."""

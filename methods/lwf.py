@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from methods.components import TermLog
 from methods.single_lora import SeqLoRA
 from training import supervised_logits
 
@@ -49,9 +50,12 @@ class LwF(SeqLoRA):
         teacher = self.teacher_logits(model, batch) if self.teacher_state is not None else None
         logits, targets = supervised_logits(model, batch)
         loss = F.cross_entropy(logits, targets)
+        self.terms.add(TermLog.TASK, loss)
         if teacher is None:
             return loss
         T = self.config.lwf_temperature
         kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
                       reduction="batchmean")
-        return loss + self.config.lwf_lambda * T ** 2 * kl
+        distillation = self.config.lwf_lambda * T ** 2 * kl
+        self.terms.add("distillation", distillation)
+        return loss + distillation

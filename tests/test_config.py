@@ -39,7 +39,7 @@ def test_list_and_bool_overrides():
     ({"batch_size": "2.5"}, "config field 'batch_size' expects int, got '2.5'"),
     ({"use_slsd": "maybe"}, "config field 'use_slsd' expects bool, got 'maybe'"),
     ({"lora_dropout": "1.5"}, "config field 'lora_dropout' must be in [0, 1), got 1.5"),
-    ({"fast_mode": "medium"}, "config field 'fast_mode' must be shared or per_task, got 'medium'"),
+    ({"fast_mode": "medium"}, "config field 'fast_mode' must be shared, reset or per_task, got 'medium'"),
 ])
 def test_bad_values_raise_one_line_errors_naming_the_field(overrides, message):
     with pytest.raises(ConfigError) as err:
