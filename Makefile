@@ -41,6 +41,7 @@ test: setup
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_bf16.py
 	$(PY) bench/bench_slsd.py
 	$(PY) bench/bench_memory.py
 	$(PY) bench/gpu_check.py
