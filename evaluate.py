@@ -23,14 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 
 from configs.base_config import add_config_arguments, field_help, parse_config, save_config
 from cl_metrics import format_score
 from evaluation import evaluate_tasks, select_samples
 from methods import make_method
-from methods.base import Method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device
 from utils_data import DataFormatError, read_task, task_name
 
@@ -67,33 +65,6 @@ def run_config_path(folder: Path, log_dir: str) -> Path:
         raise FileNotFoundError(f"no config of the run of checkpoint {folder}: looked for "
                                 f"{' and '.join(map(str, candidates))}; pass --log_dir <the run's log_dir> or --config")
     return found
-
-
-def load_stage(method: Method, folder: Path) -> None:
-    """A checkpoint's adapters (every branch it holds: per-task fast branches and LoRAs are created by ``load``) and
-    the method's state (GORP's full-rank weights, ...), as Sequence.read_state loads them on resume."""
-    adapters = folder / "adapters.safetensors"
-    if not adapters.is_file():
-        raise FileNotFoundError(f"checkpoint {folder} holds no adapters.safetensors")
-    method.dslora.load(adapters)
-    state = folder / "method_state.pt"
-    if state.is_file():  # train_single_task.py writes it only for a method that carries more than adapters
-        method.load_state_dict(torch.load(state, weights_only=False))
-
-
-def evaluate_with_method(method: Method, records: dict[str, list[dict]], config, device, amp_dtype,
-                         label: str) -> dict[str, tuple[dict, list[dict]]]:
-    """evaluate_tasks under the method's inference rule, tasks that share an eval key in one group (as the engine
-    groups them: the same generation batches, so the same numbers)."""
-    groups: dict[str, list[str]] = {}
-    for task in records:
-        groups.setdefault(method.eval_key(task), []).append(task)
-    results = {}
-    for key, group in groups.items():
-        with method.inference(key):
-            results.update(evaluate_tasks(method.model, method.tokenizer, {t: records[t] for t in group}, config,
-                                          device, amp_dtype, label))
-    return results
 
 
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, object, str]:
@@ -146,8 +117,8 @@ def evaluate(args: argparse.Namespace, config, run: str) -> dict[str, dict]:
         bad_lines[task] = len(problems)
     if args.checkpoint:
         method = make_method(model, tokenizer, config, device, amp_dtype)
-        load_stage(method, checkpoint_folder(args.checkpoint))
-        results = evaluate_with_method(method, records, config, device, amp_dtype, "eval")
+        method.load(checkpoint_folder(args.checkpoint))
+        results = method.evaluate(records, "eval")
     else:
         results = evaluate_tasks(model, tokenizer, records, config, device, amp_dtype, "eval")
     summaries = {}

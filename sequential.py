@@ -29,7 +29,7 @@ from transformers import set_seed
 from cl_metrics import figures_with_ci, format_score, run_samples
 from configs.base_config import Config, save_config
 from distributed import make_accelerator, tracker_config
-from evaluation import CUTOFF_FLAG, evaluate_tasks, select_samples
+from evaluation import CUTOFF_FLAG, select_samples
 from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import check_finite_parameters, num_optimizer_steps, train_stage
@@ -111,29 +111,23 @@ class Sequence:
     def evaluate_all(self, stage: int, label: str) -> None:
         """Score every task of the sequence (seen and unseen) and append one eval.jsonl row per task; tasks that
         the method evaluates with the same weights share generation batches."""
-        groups: dict[str, list[str]] = {}
-        for task in self.config.tasks:
-            if (stage, task) not in self.rows:
-                groups.setdefault(self.method.eval_key(task), []).append(task)
-        for key, group in groups.items():
-            records = {task: select_samples(read_task(task, self.config.eval_split, self.config.data_dir,
-                                                      self.config.skip_bad_lines)[0],
-                                            self.config.max_eval_samples, self.config.eval_subset_seed) for task in group}
-            with self.method.inference(key):
-                results = evaluate_tasks(self.model, self.tokenizer, records, self.config, self.device,
-                                         self.amp_dtype, label, self.accelerator)
-            for task, (summary, samples) in results.items():
-                row = dict(stage=stage, stage_name=label, task=task, **summary)
-                self.rows[(stage, task)] = row
-                if not self.main:
-                    continue
-                with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task_name(task)}.jsonl").open("w") as handle:
-                    handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-                with self.eval_path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
-                if self.accelerator.trackers:
-                    self.accelerator.log({f"eval/{task}/{k}": v for k, v in summary.items()
-                                          if isinstance(v, (int, float)) and v is not None}, step=stage + 1)
+        config = self.config
+        records = {task: select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
+                                        config.max_eval_samples, config.eval_subset_seed)
+                   for task in config.tasks if (stage, task) not in self.rows}
+        results = self.method.evaluate(records, label, self.accelerator) if records else {}
+        for task, (summary, samples) in results.items():
+            row = dict(stage=stage, stage_name=label, task=task, **summary)
+            self.rows[(stage, task)] = row
+            if not self.main:
+                continue
+            with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task_name(task)}.jsonl").open("w") as handle:
+                handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+            with self.eval_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            if self.accelerator.trackers:
+                self.accelerator.log({f"eval/{task}/{k}": v for k, v in summary.items()
+                                      if isinstance(v, (int, float)) and v is not None}, step=stage + 1)
 
     # ---- one stage -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -152,8 +146,7 @@ class Sequence:
         torch.save(self.method.state_dict(), folder / "method_state.pt")
 
     def read_state(self, folder: Path) -> None:
-        self.dslora.load(folder / "adapters.safetensors")
-        self.method.load_state_dict(torch.load(folder / "method_state.pt", weights_only=False))
+        self.method.load(folder)
 
     def save_stage(self, stage: int, tasks: list[str]) -> None:
         def write(folder: Path) -> None:

@@ -133,6 +133,21 @@ class Method:
         self.model.save_pretrained(folder, state_dict=state)
         self.tokenizer.save_pretrained(folder)
 
+    def evaluate(self, records: dict[str, list[dict]], label: str, accelerator=None) -> dict[str, tuple[dict, list[dict]]]:
+        """evaluate_tasks under this method's inference rule; tasks that share an eval key are scored in one group
+        (shared generation batches). The one evaluation path of the engine and evaluate.py."""
+        from evaluation import evaluate_tasks
+
+        groups: dict[str, list[str]] = {}
+        for task in records:
+            groups.setdefault(self.eval_key(task), []).append(task)
+        results = {}
+        for key, group in groups.items():
+            with self.inference(key):
+                results.update(evaluate_tasks(self.model, self.tokenizer, {t: records[t] for t in group}, self.config,
+                                              self.device, self.amp_dtype, label, accelerator))
+        return results
+
     # ---- state across stages ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What the method carries beyond the adapters (saved with every checkpoint)."""
@@ -140,6 +155,16 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def load(self, folder: Path) -> None:
+        """A checkpoint folder's adapters (branches it names are created) and, when saved, the method's own state."""
+        adapters = folder / "adapters.safetensors"
+        if not adapters.is_file():
+            raise FileNotFoundError(f"checkpoint {folder} holds no adapters.safetensors")
+        self.dslora.load(adapters)
+        state = folder / "method_state.pt"
+        if state.is_file():  # train_single_task.py writes it only for a method that carries more than adapters
+            self.load_state_dict(torch.load(state, weights_only=False))
 
     def num_trainable(self) -> int:
         return sum(p.numel() for group in self.optimizer().param_groups for p in group["params"])

@@ -117,7 +117,7 @@ def test_export_is_the_model_the_method_evaluates(finished_run, token_batch):
     logs, checkpoint = finished_run
     config = build_config("smoke", str(logs / "run" / "config.json"))
     method = make_method(load_model(config), load_tokenizer(config), config, torch.device("cpu"), None)
-    evaluate.load_stage(method, checkpoint)
+    method.load(checkpoint)
     keys = {method.eval_key(task) for task in config.tasks}
     assert len(keys) == (2 if config.fast_mode == "per_task" else 1)
     evaluated = {key: inference_logits(method, key, token_batch) for key in keys}
