@@ -70,6 +70,9 @@ class Config:
     bootstrap_resamples: int = 1000  # bootstrap resamples behind every 95 % confidence interval (scores, AP/LA/BWT/FWT/forgetting)
     merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory); SLSD's teacher pass runs the same way (slsd.py)
     eval_split: str = "test"  # split that evaluate.py and the sequential evaluation score
+    eval_scope: str = "all"  # sequential evaluation after each stage: all (every task) | needed (the tasks trained so far and the next one: R[l][i] for i <= l + 1, all that AP / LA / BWT / FWT / forgetting read; the base row stays whole)
+    recovery_steps: int = 5  # recovery probe (recovery_probe.py): optimizer steps on an old task's training samples from the final checkpoint
+    recovery_samples: int = 16  # recovery probe: training samples of the old task it trains on (the first ones of its training split, in a fixed seeded order)
     sandbox_isolation: str = "full"  # T3 code sandbox: full (needs root: private read-only mounts + tmpfs /tmp, no network, own PIDs, fresh uid) | weak (explicit opt-in: resource limits + empty env only)
     skip_bad_lines: bool = False  # count and report malformed JSONL lines instead of stopping at the first one
 
@@ -156,6 +159,9 @@ class Config:
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
             ("sandbox_isolation", self.sandbox_isolation in ("full", "weak"), "must be full or weak"),
             ("max_eval_samples", self.max_eval_samples >= 0, "must be >= 0"),
+            ("eval_scope", self.eval_scope in ("all", "needed"), "must be all or needed"),
+            ("recovery_steps", self.recovery_steps >= 1, "must be >= 1"),
+            ("recovery_samples", self.recovery_samples >= 1, "must be >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0 = per-task budgets)"),
             ("max_new_tokens_cap", self.max_new_tokens_cap >= 1, "must be >= 1"),
             ("bootstrap_resamples", self.bootstrap_resamples >= 100, "must be >= 100"),
