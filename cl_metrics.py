@@ -125,8 +125,13 @@ class Bootstrap:
 
 def run_samples(rows: dict, tasks: list[str], stages: int) -> tuple[list[list], list[list]]:
     """From a run's evaluation rows {(stage, task): row} (stage -1: the base model): per task, the per-sample
-    scores of every evaluation (base first, then each stage) and the samples' groups."""
-    return ([[rows[(s, t)]["sample_scores"] for s in range(-1, stages)] for t in tasks],
+    scores of every evaluation (base first, then each stage) and the samples' groups. A cell that was not evaluated
+    (``eval_scope needed``: a task two or more stages ahead) is all NaN; no figure reads such a cell."""
+    def scores(stage: int, task: str) -> list[float]:
+        row = rows.get((stage, task))
+        return row["sample_scores"] if row else [float("nan")] * len(rows[(-1, task)]["sample_scores"])
+
+    return ([[scores(s, t) for s in range(-1, stages)] for t in tasks],
             [rows[(-1, t)]["sample_groups"] for t in tasks])
 
 
