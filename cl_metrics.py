@@ -11,6 +11,10 @@ R[i][j] is the score on task j after training stage i (stages and tasks in seque
     FWT        = 1/(T-1) Σ_{i>0} (R[i-1][i] − base[i])                 forward transfer (before training task i)
     Forgetting = 1/(T-1) Σ_{i<T-1} (max_{i≤l<T-1} R[l][i] − R[T-1][i])  drop from each task's best earlier score
 
+Illusory vs real forgetting (recovery_probe.py): each old task's drop splits into the part a short recovery probe
+brings back (illusory) and the rest (real), ``forgetting_split``; the evaluation alone flags a task whose format
+compliance fell while its eval loss held (``Bootstrap.drift``, ``format_drift_only``).
+
 Uncertainty: 95 % percentile bootstrap over the evaluated test samples. A task's samples are the same in every row
 of R (the base row and every stage: ``evaluation.select_samples``), so one resample draws sample indices per task and
 applies them to every row, and every figure is recomputed on that one draw (joint resampling: BWT keeps the pairing
@@ -26,6 +30,7 @@ import numpy as np
 FIGURES = ("AP", "LA", "BWT", "FWT", "forgetting")
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0  # fixed: the same per-sample scores always give the same interval
+LOSS_TOLERANCE = 0.02  # nats per token: a rise of the eval loss below this (perplexity × 1.02) counts as steady
 
 
 def continual_metrics(R, base) -> dict[str, float | np.ndarray | None]:
@@ -42,10 +47,37 @@ def continual_metrics(R, base) -> dict[str, float | np.ndarray | None]:
     if stages == T > 1:
         figures["BWT"] = (last[..., :-1] - diagonal[..., :-1]).mean(-1)
         figures["FWT"] = (np.diagonal(R, offset=1, axis1=-2, axis2=-1) - base[..., 1:]).mean(-1)  # R[i-1][i] − base[i]
-        earlier = R[..., :-1, :-1]  # rows l < T-1, columns i < T-1; only l ≥ i counts
-        reached = np.arange(T - 1)[:, None] >= np.arange(T - 1)[None, :]
-        figures["forgetting"] = (np.where(reached, earlier, -np.inf).max(-2) - last[..., :-1]).mean(-1)
+        figures["forgetting"] = (best_earlier(R) - last[..., :-1]).mean(-1)
     return {k: (float(v) if v is not None and np.ndim(v) == 0 else v) for k, v in figures.items()}
+
+
+def best_earlier(R: np.ndarray) -> np.ndarray:
+    """max_{i≤l<T-1} R[l][i] for each old task i < T-1 (leading axes kept): its best score before the last stage."""
+    T = R.shape[-1]
+    reached = np.arange(T - 1)[:, None] >= np.arange(T - 1)[None, :]  # rows l < T-1, columns i < T-1; only l ≥ i
+    return np.where(reached, R[..., :-1, :-1], -np.inf).max(-2)
+
+
+def forgetting_split(R, recovered) -> dict[str, np.ndarray]:
+    """Each old task's drop split by a recovery probe into an illusory and a real part (recovery_probe.py).
+
+    ``recovered[j]``: task j's score after its probe (the task's final score where it was not probed). Per old task
+    i < T-1, leading axes kept:
+
+        drop_i     = max_{i≤l<T-1} R[l][i] − R[T-1][i]    the drop that ``forgetting`` averages
+        gain_i     = Rec[i] − R[T-1][i]                    what the probe brought back
+        illusory_i = clip(gain_i, 0, max(drop_i, 0))       brought back, up to the drop (a probe that also teaches
+                                                           more than was lost, or makes it worse, moves nothing)
+        real_i     = drop_i − illusory_i                   so that mean(illusory) + mean(real) = forgetting exactly
+
+    A task whose score rose (drop_i < 0) has illusory 0 and real = drop_i, as ``forgetting`` counts it.
+    """
+    R, recovered = np.asarray(R, dtype=float), np.asarray(recovered, dtype=float)
+    best, final = best_earlier(R), R[..., -1, :-1]
+    drop, gain = best - final, recovered[..., :-1] - final
+    illusory = np.clip(gain, 0, np.maximum(drop, 0))
+    return dict(best=best, final=final, recovered=recovered[..., :-1], drop=drop, gain=gain, illusory=illusory,
+                real=drop - illusory)
 
 
 def group_mean(scores, groups) -> np.ndarray | float:
@@ -122,17 +154,69 @@ class Bootstrap:
             out[key] = (float(value), resampled)
         return out
 
+    def recovery(self, runs: list[list], recovered: list[list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """``forgetting_split`` of each run, seed-mean: per old task (arrays over tasks i < T-1) and averaged over
+        them (forgetting, forgetting_illusory, forgetting_real), each (value, resamples). ``recovered[k][j]``: the
+        per-sample scores of task j after its probe in seed k's run. The probe's row joins the run's rows, so one
+        draw of a task's samples scores R and the probe alike (the same samples as ``figures``)."""
+        per_seed = []
+        for scores, probe in zip(runs, recovered):
+            point, resampled = self.matrix([np.vstack([s, p]) for s, p in zip(scores, probe)])
+            per_seed.append((forgetting_split(point[1:-1], point[-1]),
+                             forgetting_split(resampled[:, 1:-1], resampled[:, -1])))
+        out = {key: self.pool([p[key] for p, _ in per_seed], [r[key] for _, r in per_seed]) for key in per_seed[0][0]}
+        for name, key in (("forgetting", "drop"), ("forgetting_illusory", "illusory"), ("forgetting_real", "real")):
+            out[name] = (out[key][0].mean(-1), out[key][1].mean(-1))
+        return out
 
-def run_samples(rows: dict, tasks: list[str], stages: int) -> tuple[list[list], list[list]]:
+    def drift(self, nll: list[list], tokens: list[list], formats: list[list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """How each old task's eval loss and format compliance moved from its own stage (the row of R[i][i]) to the
+        last one, seed-mean, over tasks i < T-1, each (value, resamples); the arguments are laid out as ``runs``
+        (seed, task, evaluation, sample), from the rows' sample_nll, sample_tokens and sample_format:
+
+            delta_loss_i   = Σ nll_T-1 / Σ tokens_T-1 − Σ nll_i / Σ tokens_i   token-weighted, as eval_loss
+            delta_format_i = mean format_T-1 − mean format_i                    as format_rate
+
+        over the task's (drawn) samples: the draws of ``figures``, so the two stages are paired sample by sample."""
+        per_seed = []
+        for run in zip(nll, tokens, formats):
+            point, resampled = [], []
+            for i, draw in enumerate(self.samples[:-1]):
+                n, t, f = (np.asarray(values[i], dtype=float)[[i + 1, -1]] for values in run)  # own stage, last
+                for picked, out in ((slice(None), point), (draw, resampled)):  # all samples; each resample's draw
+                    with np.errstate(invalid="ignore", divide="ignore"):  # no supervised token drawn: NaN
+                        loss, rate = n[:, picked].sum(-1) / t[:, picked].sum(-1), f[:, picked].mean(-1)
+                    out.append(np.stack([loss[1] - loss[0], rate[1] - rate[0]]))  # last − own
+            per_seed.append((np.stack(point, -1), np.stack(resampled, -1)))  # (2, tasks), (2, resamples, tasks)
+        out = {}
+        for k, key in enumerate(("delta_loss", "delta_format")):
+            out[key] = self.pool([p[k] for p, _ in per_seed], [r[k] for _, r in per_seed])
+        return out
+
+
+def run_samples(rows: dict, tasks: list[str], stages: int, key: str = "sample_scores") -> tuple[list[list], list[list]]:
     """From a run's evaluation rows {(stage, task): row} (stage -1: the base model): per task, the per-sample
-    scores of every evaluation (base first, then each stage) and the samples' groups. A cell that was not evaluated
-    (``eval_scope needed``: a task two or more stages ahead) is all NaN; no figure reads such a cell."""
+    scores (or another per-sample list, ``key``) of every evaluation (base first, then each stage) and the samples'
+    groups. A cell that was not evaluated (``eval_scope needed``: a task two or more stages ahead) is all NaN; no
+    figure reads such a cell."""
     def scores(stage: int, task: str) -> list[float]:
         row = rows.get((stage, task))
-        return row["sample_scores"] if row else [float("nan")] * len(rows[(-1, task)]["sample_scores"])
+        return row[key] if row else [float("nan")] * len(rows[(-1, task)][key])
 
     return ([[scores(s, t) for s in range(-1, stages)] for t in tasks],
             [rows[(-1, t)]["sample_groups"] for t in tasks])
+
+
+def recovery_samples(rows: dict, probes: dict, tasks: list[str], stages: int) -> dict[str, list]:
+    """A run's per-sample inputs of ``recovery_report`` from its evaluation rows (as ``run_samples``) and its
+    recovery probes {task: recovery.jsonl row}: scores and groups, recovered (per task, the scores after its probe;
+    a task not probed keeps its final scores: gain 0, its whole drop counts as real) and the nll, tokens and format
+    of every evaluation."""
+    scores, groups = run_samples(rows, tasks, stages)
+    recovered = [probes[t]["sample_scores"] if t in probes else rows[(stages - 1, t)]["sample_scores"] for t in tasks]
+    nll, tokens, formats = (run_samples(rows, tasks, stages, key)[0]
+                            for key in ("sample_nll", "sample_tokens", "sample_format"))
+    return dict(scores=scores, groups=groups, recovered=recovered, nll=nll, tokens=tokens, formats=formats)
 
 
 def format_score(value: float | None, ci: list[float] | None, sign: bool = False) -> str:
@@ -149,6 +233,36 @@ def figures_with_ci(scores: list, groups: list, resamples: int) -> dict[str, flo
     for key, figure in Bootstrap(groups, resamples).figures([scores]).items():
         out[key], out[f"{key}_ci"] = (None, None) if figure is None else (figure[0], interval(figure[1]))
     return out
+
+
+def format_drift_only(delta_loss_ci: list[float], delta_format_ci: list[float]) -> bool:
+    """Illusory forgetting read from the evaluation alone: the format compliance fell (Δformat's interval lies below
+    0) while the eval loss on the references held (Δloss's interval reaches down to 0, or lies below
+    LOSS_TOLERANCE): the answers lost their form, not the knowledge that scores the references."""
+    lo, hi = delta_loss_ci
+    return delta_format_ci[1] < 0 and (lo <= 0 or hi < LOSS_TOLERANCE)
+
+
+def recovery_report(runs: list[dict], tasks: list[str], resamples: int) -> dict:
+    """Illusory vs real forgetting over one method's seeds (``runs``: each run's ``recovery_samples``), JSON-ready:
+    forgetting, forgetting_illusory and forgetting_real with their joint 95 % intervals, and per old task its best,
+    final and recovered scores, drop, gain, illusory and real parts (``forgetting_split``), delta_loss and
+    delta_format (``Bootstrap.drift``), each with its interval, and ``format_drift_only``."""
+    bootstrap = Bootstrap(runs[0]["groups"], resamples, seeds=len(runs))
+    split = bootstrap.recovery([r["scores"] for r in runs], [r["recovered"] for r in runs])
+    drift = bootstrap.drift(*([r[key] for r in runs] for key in ("nll", "tokens", "formats")))
+    report = {}
+    for key in ("forgetting", "forgetting_illusory", "forgetting_real"):
+        value, resampled = split.pop(key)
+        report[key], report[f"{key}_ci"] = float(value), interval(resampled)
+    per_task = {}
+    for j, task in enumerate(tasks[:-1]):
+        entry = {}
+        for key, (value, resampled) in (split | drift).items():
+            entry[key], entry[f"{key}_ci"] = float(value[j]), interval(resampled[:, j])
+        entry["format_drift_only"] = format_drift_only(entry["delta_loss_ci"], entry["delta_format_ci"])
+        per_task[task] = entry
+    return dict(report, tasks=per_task, loss_tolerance=LOSS_TOLERANCE)
 
 
 def score_ci(scores, groups, resamples: int) -> list[float]:

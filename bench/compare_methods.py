@@ -1,7 +1,7 @@
 """Side-by-side comparison of methods × seeds on the same task sequence, model and step budget.
 
     python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44] [--jobs N]
-                                    [--name NAME] [--preset default] [--<config field> value ...]
+                                    [--name NAME] [--preset default] [--no_recovery] [--<config field> value ...]
 
 Every (method, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
 logs/cmp_<name>_<method>_s<seed>/; a finished run of the same config is reused, an interrupted one resumes, one of
@@ -10,6 +10,12 @@ FWT, forgetting and the final per-task scores, each the mean over seeds with its
 parameters, training wall time and peak memory; for each method, its paired difference from ds_lora_slsd in AP,
 BWT and LA with its interval, marked where the interval excludes 0; and bench/results/<name>_comparison.png
 (plot_loss.py's comparison of the first seed's runs).
+
+Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
+(in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
+table splits each method's forgetting into its illusory part (brought back by the probe) and its real part, which add
+up to it, and names the old tasks flagged format_drift_only (format fell while the eval loss held), all pooled over
+seeds with the same resampled samples and seeds as the other figures (cl_metrics.recovery_report).
 
 Intervals (cl_metrics.Bootstrap): every run evaluates the same test samples (evaluation.select_samples), so one
 resample draws, per task, sample indices shared by every method, seed and stage, and draws the seeds with
@@ -44,9 +50,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
-                        run_samples)
+                        recovery_report, recovery_samples, run_samples)
 from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
+from recovery_probe import eval_rows, read_probes  # noqa: E402
 from utils_data import read_rows  # noqa: E402
 
 LEARNING_RATES_10X = dict(lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4")
@@ -57,6 +64,7 @@ BUDGETS = {
 REFERENCE = "ds_lora_slsd"  # the method every other one is compared with (paired differences)
 PAIRED = ("AP", "BWT", "LA")
 LOSS_METRICS = ("loss_final", "loss_BWT")
+RECOVERY = ("forgetting_illusory", "forgetting_real")  # forgetting = illusory + real (recovery_probe.py)
 
 
 def say(line: str) -> None:
@@ -108,6 +116,19 @@ def method_scores(runs: dict[str, list[Path]], summaries: dict[str, list[dict]])
     return scores, groups
 
 
+def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) -> dict | None:
+    """Illusory vs real forgetting over a method's seeds (cl_metrics.recovery_report from each run's evaluation rows
+    and recovery probes); None for a single stage (multi-task) or where a run has not been probed."""
+    if len(summaries[0]["stage_names"]) < 2 or not all((run / "recovery.json").is_file() for run in runs):
+        return None
+    tasks, samples = summaries[0]["tasks"], []
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        probes = read_probes(run, config["recovery_steps"], config["recovery_samples"])
+        samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks)))
+    return recovery_report(samples, tasks, resamples)
+
+
 def aggregate(summaries: list[dict], scores: list[list], groups: list, resamples: int) -> dict:
     """One method over its seeds: every figure and final score as [mean, std] and its 95 % interval (``_ci``)."""
     tasks = summaries[0]["tasks"]
@@ -148,19 +169,32 @@ def difference_cell(entry: dict | None) -> str:
     return f"**{text}**" if entry["excludes_zero"] else text
 
 
+def recovery_cells(recovery: dict | None) -> list[str]:
+    """The table's illusory and real forgetting [interval] and the old tasks flagged format_drift_only."""
+    if recovery is None:
+        return ["–"] * (len(RECOVERY) + 1)
+    flagged = [task for task, entry in recovery["tasks"].items() if entry["format_drift_only"]]
+    return [*(format_score(recovery[k], recovery[f"{k}_ci"]) for k in RECOVERY), ", ".join(flagged) or "none"]
+
+
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
              seeds: list[str]) -> str:
-    head = ["method", *FIGURES, *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
+    head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "format drift only", *tasks, "final eval loss",
+            "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
              f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the test samples and"
              " seeds]; scores are the task metrics (0–1) after the last stage (LA: each task right after its own"
              " stage); final eval loss (mean ± std over seeds) is the mean token loss on the reference answers after"
              " the last stage and loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e."
-             " forgetting).", "",
+             " forgetting). Forgetting = illusory + real forgetting: the part of each old task's drop that a"
+             " recovery probe (a few steps on a few of its training samples from the final checkpoint) brings back,"
+             " and the rest; format drift only: old tasks whose format compliance fell while their eval loss held"
+             " (– : not probed).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
         cells = [method, *(format_score(row[k][0], row[f"{k}_ci"], k in signed) for k in FIGURES),
+                 *recovery_cells(row["recovery"]),
                  *(format_score(row["final_scores"][t][0], row["final_ci"][t]) for t in tasks),
                  *(cell(row[k]) for k in LOSS_METRICS),
                  f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
@@ -185,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores / jobs threads")
     parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
+    parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
+                                                                   "illusory / real forgetting stay empty)")
     args, rest = parser.parse_known_args(argv)
     budget = dict(BUDGETS["quick" if args.quick else "full"], **parse_overrides(rest))
     build_config(args.preset, overrides=budget)  # a bad field or value stops here in one line, before any run
@@ -209,10 +245,18 @@ def main(argv: list[str] | None = None) -> dict:
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w") if output is not None else contextlib.nullcontext() as out:
-            done = subprocess.run(command_run, cwd=ROOT, env=env, stdout=out,
-                                  stderr=None if out is None else subprocess.STDOUT)
-        if done.returncode:
-            raise RuntimeError(f"{run} failed (exit {done.returncode})" + (f"; its output: {output}" if output else ""))
+            def call(command: list[str], what: str) -> None:
+                done = subprocess.run(command, cwd=ROOT, env=env, stdout=out,
+                                      stderr=None if out is None else subprocess.STDOUT)
+                if done.returncode:
+                    raise RuntimeError(f"{run} {what} failed (exit {done.returncode})"
+                                       + (f"; its output: {output}" if output else ""))
+
+            call(command_run, "run")
+            stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
+            if not args.no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
+                say(f"{method} seed {seed}: recovery_probe.py --run {log_root / run}")
+                call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run)], "recovery probe")
         say(f"{method} seed {seed}: done")
 
     with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every method's first seed comes first
@@ -227,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
     summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     resamples = json.loads((runs[methods[0]][0] / "config.json").read_text())["bootstrap_resamples"]
-    table = {m: aggregate(summaries[m], scores[m], groups, resamples) for m in methods}
+    table = {m: dict(aggregate(summaries[m], scores[m], groups, resamples),
+                     recovery=recovery_figures(runs[m], summaries[m], resamples)) for m in methods}
     differences = paired_differences(scores, groups, resamples)
     tasks = summaries[methods[0]][0]["tasks"]
     out = Path(args.results_dir)
@@ -241,12 +286,13 @@ def main(argv: list[str] | None = None) -> dict:
     plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
-                  **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED})
+                  **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED},
+                  **{k: {m: row["recovery"] and row["recovery"][k] for m, row in table.items()} for k in RECOVERY})
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    from cli import run  # data and config errors: one line on stderr, exit 2
+    from cli import run as run_cli  # data and config errors: one line on stderr, exit 2
 
-    run(main, RuntimeError)  # a failed run (its own one-line error is above)
+    run_cli(main, RuntimeError)  # a failed run (its own one-line error is above)

@@ -1,0 +1,233 @@
+"""Recovery probe: how much of a finished run's forgetting is illusory (the knowledge is still there) and how much real.
+
+    python recovery_probe.py --run logs/<run> [--tasks T1_general,T2_math] [--<config field> value ...]
+
+A task whose score fell by the end of a sequence may have lost what it knew (real forgetting) or only the alignment
+that turns that knowledge into the expected answers: format, style, the task's conventions (spurious or illusory
+forgetting). The recovery measurement of the spurious-forgetting literature (Zheng et al., 2025, "Spurious
+Forgetting in Continual Learning of Language Models") tells them apart: knowledge lost does not come back in a
+handful of updates, alignment does. For each old task i < T-1 (the last task cannot have been forgotten):
+
+    from the final checkpoint, recovery_steps optimizer steps on the first recovery_samples samples of task i's
+    training split; then task i is evaluated again on the very samples the run evaluated  ->  Rec[i]
+
+and its drop d_i = max_{i≤l<T-1} R[l][i] − R[T-1][i] (what the run's `forgetting` averages) splits into
+
+    illusory_i = clip(Rec[i] − R[T-1][i], 0, max(d_i, 0))        real_i = d_i − illusory_i
+
+so forgetting = mean illusory + mean real exactly, each with a joint 95 % bootstrap interval over the evaluated
+samples (cl_metrics.forgetting_split). The evaluation gives a second reading without any training
+(cl_metrics.Bootstrap.drift): per old task the change of its eval loss on the references and of its format
+compliance from its own stage to the last, paired sample by sample; ``format_drift_only`` flags a format that fell
+(its interval below 0) while the loss held (its interval reaching 0, or below LOSS_TOLERANCE, 0.02 nats per token).
+
+The probe: the run's method is rebuilt from logs/<run>/config.json (methods.make_method, as evaluate.py does; fields
+given on the command line override it) and the final stage's checkpoint is loaded afresh for every task, so no probe
+starts from another one's weights. Training is training.train_stage with the method's own optimizer, its loss on
+plain batches of the task (the task loss: no replay, distillation, penalty or per-step term) and its after_step
+(I-LoRA's evaluated slow learner follows the fast one), at the method's own learning rates from the config held
+constant (no warm-up, no decay); a task evaluated with its own fast branch (fast_mode per_task) trains that branch.
+Seeded with config.seed + the task's index: the same run always gives the same probe. Evaluation is method.evaluate,
+the run's own inference rule.
+
+Which tasks: by default every old task whose score fell (d_i > 0); ``--tasks`` names them instead. A task not probed
+keeps its final score as Rec (gain 0: whatever drop a resample draws counts as real). Caveat: the probe trains on
+the task, so it can also teach what was never known, and the illusory part is an upper bound; a control (the same
+probe from the base model, to see what a few steps teach from scratch) is not run here.
+
+Writes logs/<run>/recovery.jsonl (one row per probed task; resumable: a task that has a row of the same
+recovery_steps and recovery_samples is not probed again), recovery/<task>_train_loss.jsonl, recovery.json (the split
+and the drift with their intervals) and recovery.png (per task: best, final and after-probe scores; the drop split
+into its illusory and real parts).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from transformers import set_seed
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cl_metrics import best_earlier, format_score, recovery_report, recovery_samples  # noqa: E402
+from configs.base_config import ConfigError, add_config_arguments, field_help, parse_config  # noqa: E402
+from evaluation import select_samples  # noqa: E402
+from methods import make_method  # noqa: E402
+from methods.base import Method  # noqa: E402
+from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
+from plot_loss import error_bars  # noqa: E402
+from sequential import Sequence  # noqa: E402
+from training import train_stage  # noqa: E402
+from utils_data import SFTDataset, make_loader, read_rows, read_task, task_name  # noqa: E402
+
+
+def say(line: str) -> None:
+    print(f"[recovery] {line}", flush=True)
+
+
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, object]:
+    """(arguments, the run's config under the command line's fields)."""
+    parser = argparse.ArgumentParser(description=__doc__, epilog=field_help(), allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="the run's log folder (logs/<run>)")
+    parser.add_argument("--tasks", default=None, help="comma-separated old tasks to probe (default: every old task "
+                                                      "whose score fell)")
+    add_config_arguments(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved = Path(parser.parse_known_args(argv)[0].run) / "config.json"
+    if not saved.is_file():
+        raise FileNotFoundError(f"no run at {saved.parent}: {saved} is missing")
+    return parse_config(parser, [*argv, "--config", str(saved)])
+
+
+def eval_rows(run: Path, tasks: list[str]) -> dict:
+    """The run's evaluation rows {(stage, task): row}; every task must have been evaluated, with its per-sample
+    losses and format, after the last stage."""
+    rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
+    last = len(tasks) - 1
+    missing = [t for t in tasks if (last, t) not in rows]
+    if last < 1 or missing:
+        raise FileNotFoundError(f"{run}/eval.jsonl has no evaluation of {', '.join(missing or tasks)} after a "
+                                f"stage {last + 1} of {len(tasks)} tasks: the run is unfinished or has one stage "
+                                "(nothing to forget)")
+    if any("sample_nll" not in rows[(last, t)] for t in tasks):
+        raise FileNotFoundError(f"{run}/eval.jsonl predates the per-sample losses (sample_nll): delete it and re-run "
+                                "the run's command to re-evaluate (finished stages are loaded, not retrained)")
+    return rows
+
+
+def read_probes(run: Path, steps: int, samples: int) -> dict[str, dict]:
+    """The run's recovery.jsonl rows of this probe setting, {task: row}; rows of another setting stay unused."""
+    return {r["task"]: r for r in read_rows(run / "recovery.jsonl")
+            if (r["recovery_steps"], r["recovery_samples"]) == (steps, samples)}
+
+
+def probe_task(method: Method, task: str, index: int, checkpoint: Path, records: list[dict], steps: int,
+               log_path: Path) -> dict:
+    """Task ``task``'s evaluation summary on ``records`` after ``steps`` recovery steps from ``checkpoint``."""
+    config = method.config
+    method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
+    key = method.eval_key(task)
+    if key in method.dslora.fast_names:  # a task scored with a fast branch of its own trains that branch
+        method.dslora.set_active_fast(key)
+    train_records, problems = read_task(task, "train", config.data_dir, config.skip_bad_lines, config.recovery_samples)
+    train = SFTDataset(train_records, method.tokenizer, config.max_seq_len, task, problems)
+    set_seed(config.seed + index)
+    loader = make_loader(train, config.batch_size, method.tokenizer.pad_token_id, shuffle=True,
+                         seed=config.seed + index, group_by_length=config.group_by_length)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    train_stage(method.model, method.dslora, loader, dataclasses.replace(config, lr_schedule="constant", warmup_ratio=0.0),
+                steps, log_path, method.device, method.amp_dtype, desc=f"recovery {task_name(task)}",
+                optimizer_factory=method.optimizer, loss_fn=method.loss,
+                on_step=lambda step, _: method.after_step(step))
+    return method.evaluate({task: records}, "recovery")[task][0]
+
+
+def headline(report: dict) -> str:
+    """``forgetting 0.250 [0.00, 0.50] = illusory ... + real ...``."""
+    return " = ".join([f"forgetting {format_score(report['forgetting'], report['forgetting_ci'])}",
+                       " + ".join(f"{key} {format_score(report[f'forgetting_{key}'], report[f'forgetting_{key}_ci'])}"
+                                  for key in ("illusory", "real"))])
+
+
+def plot_recovery(report: dict, path: Path, title: str) -> Path:
+    """Per old task: its best, final and after-probe scores with their intervals (left), and its drop split into
+    the illusory and real parts, then their means over the old tasks (right); * marks format_drift_only."""
+    tasks = report["tasks"]
+    names = [t + ("*" if e["format_drift_only"] else "") for t, e in tasks.items()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(5 + 2.4 * len(tasks), 4), layout="constrained")
+    for k, (key, label) in enumerate([("best", "best before the last stage"), ("final", "after the last stage"),
+                                      ("recovered", "after the recovery probe")]):
+        values = [e[key] for e in tasks.values()]
+        left.bar(np.arange(len(tasks)) + (k - 1) * 0.27, values, 0.27, label=label, capsize=2,
+                 yerr=error_bars(values, [e[f"{key}_ci"] for e in tasks.values()]))
+    left.set_xticks(range(len(tasks)), names, rotation=30, fontsize=8)
+    left.set_ylabel("score [95 % interval]")
+    left.legend(fontsize=7)
+    for k, key in enumerate(["illusory", "real"]):
+        values = [e[key] for e in tasks.values()] + [report[f"forgetting_{key}"]]
+        intervals = [e[f"{key}_ci"] for e in tasks.values()] + [report[f"forgetting_{key}_ci"]]
+        right.bar(np.arange(len(values)) + (k - 0.5) * 0.4, values, 0.4, label=f"{key} forgetting", capsize=2,
+                  yerr=error_bars(values, intervals))
+    right.axhline(0, color="grey", linewidth=0.5)
+    right.set_xticks(range(len(tasks) + 1), [*names, "mean"], rotation=30, fontsize=8)
+    right.set_ylabel("drop in score [95 % interval]")
+    right.set_xlabel("* format fell while the eval loss held (format_drift_only)", fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, config = parse(argv)
+    run, tasks = Path(args.run), config.tasks
+    rows = eval_rows(run, tasks)
+    R = np.array([[rows[(s, t)]["score"] if (s, t) in rows else np.nan for t in tasks] for s in range(len(tasks))])
+    best = best_earlier(R)
+    drop = dict(zip(tasks, best - R[-1, :-1]))
+    chosen = args.tasks.split(",") if args.tasks else [t for t, d in drop.items() if d > 0]
+    if set(chosen) - set(drop):
+        raise ConfigError(f"--tasks: {', '.join(sorted(set(chosen) - set(drop)))} is not an old task of the run "
+                          f"(old tasks: {', '.join(drop)})")
+    probes_path = run / "recovery.jsonl"
+    probes = read_probes(run, config.recovery_steps, config.recovery_samples)
+    todo = [t for t in chosen if t not in probes]
+    checkpoint = Path(config.checkpoint_dir) / run.name / f"stage_{len(tasks) - 1}_{Sequence.stage_name(tasks[-1:])}"
+    say(f"{run.name}: {len(chosen)} task(s) to probe ({', '.join(chosen) or 'no old task fell'}), "
+        f"{len(chosen) - len(todo)} already in {probes_path.name}")
+    if todo:
+        if not (checkpoint / "adapters.safetensors").is_file():
+            raise FileNotFoundError(f"no final checkpoint {checkpoint} (adapters.safetensors): the probe starts from it")
+        set_seed(config.seed)
+        device = pick_device(config)
+        method = make_method(load_model(config, device), load_tokenizer(config), config, device,
+                             autocast_dtype(config, device))
+    for task in todo:
+        index = tasks.index(task)
+        records = select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
+                                 config.max_eval_samples, config.eval_subset_seed)  # the samples the run evaluated
+        say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from {checkpoint.name}")
+        summary = probe_task(method, task, index, checkpoint, records, config.recovery_steps,
+                             run / "recovery" / f"{task_name(task)}_train_loss.jsonl")
+        if summary["sample_groups"] != rows[(len(tasks) - 1, task)]["sample_groups"]:  # their count and strata
+            raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
+                              "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
+        probes[task] = dict(task=task, checkpoint=str(checkpoint), recovery_steps=config.recovery_steps,
+                            recovery_samples=config.recovery_samples, **summary)
+        with probes_path.open("a") as handle:
+            handle.write(json.dumps(probes[task]) + "\n")
+        say(f"{task}: score best {best[index]:.3f}, final {R[-1, index]:.3f}, after the probe {summary['score']:.3f}")
+    return write_report(run, config, rows, probes)
+
+
+def write_report(run: Path, config, rows: dict, probes: dict[str, dict]) -> dict:
+    """recovery.json (cl_metrics.recovery_report of the run and its probes, with which tasks were probed) and
+    recovery.png."""
+    tasks = config.tasks
+    report = recovery_report([recovery_samples(rows, probes, tasks, len(tasks))], tasks, config.bootstrap_resamples)
+    for task, entry in report["tasks"].items():
+        entry["probed"] = task in probes
+    report = dict(run=run.name, method=config.method, recovery_steps=config.recovery_steps,
+                  recovery_samples=config.recovery_samples, **report)
+    (run / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
+    figure = plot_recovery(report, run / "recovery.png", f"{run.name}: {headline(report)}")
+    say(f"{headline(report)}; format drift only: "
+        f"{', '.join(t for t, e in report['tasks'].items() if e['format_drift_only']) or 'none'}")
+    say(f"wrote {run / 'recovery.json'} and {figure}")
+    return report
+
+
+if __name__ == "__main__":
+    from cli import run as run_cli  # a missing run or checkpoint, a bad field, a diverged probe: one line, exit 2
+    from training import NonFiniteLossError, NonFiniteParametersError
+
+    run_cli(main, NonFiniteLossError, NonFiniteParametersError)

@@ -1,0 +1,185 @@
+"""Illusory vs real forgetting: cl_metrics' split and drift on hand-made runs, recovery_probe.py on a smoke sequence
+(the probe trains the task's own weights from the final checkpoint, afresh for every task, resumably), and the
+comparison's pooled figures."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import recovery_probe
+import train_slsd_seq
+from cl_metrics import (Bootstrap, continual_metrics, figures_with_ci, format_drift_only, forgetting_split,
+                        recovery_report)
+from configs.base_config import build_config
+from evaluation import select_samples
+from methods import make_method
+from models.loading import load_model, load_tokenizer
+from utils_data import read_rows, read_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import compare_methods  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the split on hand-made runs -----------------------------------------------------------------------------------
+# Five tasks, four samples each; rows: base, after each of the 5 stages, then after the task's recovery probe.
+SAMPLES = {
+    # best 0.75 (stage 1), final 0.25: drop 0.5; the probe brings back 1.0 (gain 0.75): illusory 0.5 (clipped), real 0
+    "overshoot": [[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]],
+    # best 0.5, final 0: drop 0.5; nothing comes back: illusory 0, real 0.5 (stage 0, before its own, does not count)
+    "lost": [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]],
+    # best 0.75, final 0.25: drop 0.5; back to 0.5: illusory 0.25, real 0.25
+    "partial": [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]],
+    # T5-like groups (harmful, harmful, benign, benign: the mean of group means); its own stage 0.5, final 0.75: it
+    # rose (drop −0.25); the probe's gain of 0.25 is no recovery: illusory 0, real −0.25
+    "rose": [[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]],
+    "last": [[0, 0, 0, 0]] * 5 + [[1, 1, 0, 0]] * 2,
+}
+GROUPS = [[""] * 4, [""] * 4, [""] * 4, ["harmful", "harmful", "benign", "benign"], [""] * 4]
+EXPECTED = dict(illusory=[0.5, 0.0, 0.25, 0.0], real=[0.0, 0.5, 0.25, -0.25])
+
+
+def hand_run() -> tuple[list, list]:
+    """(scores of every evaluation per task, scores after each task's probe)."""
+    rows = [np.asarray(s, dtype=float) for s in SAMPLES.values()]
+    return [r[:-1] for r in rows], [r[-1] for r in rows]
+
+
+def test_illusory_plus_real_is_the_forgetting_figure_task_by_task():
+    scores, recovered = hand_run()
+    bootstrap = Bootstrap(GROUPS, 300)
+    point, _ = bootstrap.matrix(scores)
+    split = forgetting_split(point[1:], bootstrap.matrix([r[None] for r in recovered])[0][0])
+    assert split["illusory"].tolist() == EXPECTED["illusory"] and split["real"].tolist() == EXPECTED["real"]
+    forgetting = continual_metrics(point[1:], point[0])["forgetting"]
+    assert forgetting == pytest.approx((0.5 + 0.5 + 0.5 - 0.25) / 4)
+    # every resample too: the split is recomputed on the draws that resample the forgetting figure
+    pooled = bootstrap.recovery([scores], [recovered])
+    figures = bootstrap.figures([scores])
+    assert pooled["forgetting"][0] == pytest.approx(forgetting)
+    np.testing.assert_allclose(pooled["forgetting_illusory"][1] + pooled["forgetting_real"][1],
+                               figures["forgetting"][1], atol=1e-12)
+    assert np.ptp(figures["forgetting"][1]) > 0  # the draws do vary
+    data = dict(scores=scores, groups=GROUPS, recovered=recovered, nll=[np.ones_like(s) for s in scores],
+                tokens=[np.ones_like(s) for s in scores], formats=[np.ones_like(s) for s in scores])
+    report = recovery_report([data], list(SAMPLES), 300)
+    assert report["forgetting_illusory"] + report["forgetting_real"] == pytest.approx(report["forgetting"])
+    assert report["forgetting_illusory"] == pytest.approx(0.75 / 4) and report["forgetting_real"] == pytest.approx(0.5 / 4)
+    assert report["forgetting_ci"] == figures_with_ci(scores, GROUPS, 300)["forgetting_ci"]  # the same draws
+    assert list(report["tasks"]) == ["overshoot", "lost", "partial", "rose"]  # the last task cannot be forgotten
+    assert [report["tasks"][t]["illusory"] for t in report["tasks"]] == EXPECTED["illusory"]
+
+
+def test_format_drift_only_needs_a_fallen_format_and_a_held_loss():
+    # Four tasks, two samples each with 1 and 9 supervised tokens; rows: base, then each of the 4 stages.
+    tokens = np.array([[1.0, 9.0]] * 5)
+    steady = tokens * 2  # a per-token loss of 2 in every row
+    rising = np.vstack([tokens[:4], [[3.0, 18.0]]])  # 1 per token, then (3 + 18) / 10 = 2.1 after the last stage
+    fell, held = np.vstack([np.ones((4, 2)), np.zeros((1, 2))]), np.ones((5, 2))
+    zeros = [np.zeros((5, 2))] * 4
+    data = dict(scores=zeros, groups=[[""] * 2] * 4, recovered=[np.zeros(2)] * 4, nll=[steady, rising, steady, steady],
+                tokens=[tokens] * 4, formats=[fell, fell, held, held])
+    report = recovery_report([data], ["a", "b", "c", "last"], 200)["tasks"]
+    # token-weighted as eval_loss: 2.1 − 1 = 1.1 (a mean of per-sample losses would give (3 + 2) / 2 − 1 = 1.5)
+    assert [report[t]["delta_loss"] for t in "abc"] == pytest.approx([0.0, 1.1, 0.0])
+    assert [report[t]["delta_format"] for t in "abc"] == [-1.0, -1.0, 0.0]
+    assert [report[t]["format_drift_only"] for t in "abc"] == [True, False, False]  # b: the loss rose too
+    assert format_drift_only([-0.1, 0.3], [-1.0, -0.5])  # the loss interval reaches 0
+    assert format_drift_only([0.001, 0.01], [-1.0, -0.5])  # risen, but less than the tolerance
+    assert format_drift_only([-0.3, -0.1], [-1.0, -0.5])  # the loss fell
+    assert not format_drift_only([0.05, 0.3], [-1.0, -0.5])  # the loss rose: the knowledge moved too
+    assert not format_drift_only([-0.1, 0.1], [-0.5, 0.1])  # the format may not have fallen
+
+
+# ---- the probe on a smoke sequence ---------------------------------------------------------------------------------
+PROBE = ["--tasks", "T2_math,T5_safety", "--recovery_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def probed_run(small_data, tmp_path_factory):
+    """A 3-task smoke sequence with a fast branch per task (each task is scored with slow + its own branch) and the
+    probe of both old tasks: (log folder, final checkpoint, the probe's report)."""
+    root = tmp_path_factory.mktemp("recovery")
+    train_slsd_seq.main(["--preset", "smoke", "--data_dir", str(small_data), "--tasks", "T2_math,T5_safety,T1_general",
+                         "--method", "ds_lora", "--fast_mode", "per_task", "--max_steps", "2", "--save_every", "0",
+                         "--max_eval_samples", "4", "--no_plots", "--log_dir", str(root / "logs"),
+                         "--checkpoint_dir", str(root / "ckpt"), "--run_name", "run"])
+    report = recovery_probe.main(["--run", str(root / "logs" / "run"), *PROBE])
+    return root / "logs" / "run", root / "ckpt" / "run" / "stage_2_T1_general", report
+
+
+def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run, tmp_path):
+    logs, checkpoint, _ = probed_run
+    config = build_config("smoke", str(logs / "config.json"))
+    method = make_method(load_model(config), load_tokenizer(config), config, torch.device("cpu"), None)
+    records = select_samples(read_task("T2_math", config.eval_split, config.data_dir)[0], config.max_eval_samples,
+                             config.eval_subset_seed)
+    final = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (2, "T2_math"))
+    untouched = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, 0, tmp_path / "loss.jsonl")
+    assert untouched["sample_scores"] == final["sample_scores"]  # no step: the run's own final evaluation
+    assert untouched["sample_nll"] == pytest.approx(final["sample_nll"], rel=1e-6)
+    probed = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, 2, tmp_path / "loss.jsonl")
+    assert probed["eval_loss"] != pytest.approx(final["eval_loss"], rel=1e-4)
+    saved, now = load_file(checkpoint / "adapters.safetensors"), method.dslora.adapter_state()
+    moved = {key.split(".")[-2] for key in saved if not torch.equal(saved[key], now[key])}  # slow, or a fast name
+    assert moved == {"slow", "T2_math"}  # T2's own fast branch, not the active one of the last stage (T1's)
+    row = read_rows(logs / "recovery.jsonl")[0]
+    assert row["task"] == "T2_math" and row["sample_nll"] == pytest.approx(probed["sample_nll"], rel=1e-6)
+
+
+def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_path, monkeypatch):
+    logs, _, report = probed_run
+    copy = tmp_path / "logs" / "run"  # the same run name: the same checkpoint
+    shutil.copytree(logs, copy)
+    first = read_rows(copy / "recovery.jsonl")
+    assert [r["task"] for r in first] == ["T2_math", "T5_safety"]
+    probed, probe = [], recovery_probe.probe_task
+    monkeypatch.setattr(recovery_probe, "probe_task",
+                        lambda method, task, *rest: probed.append(task) or probe(method, task, *rest))
+    argv = ["--run", str(copy), *PROBE]
+    assert recovery_probe.main(argv) == report and probed == []  # both done: nothing is probed again
+    (copy / "recovery.jsonl").write_text(json.dumps(first[0]) + "\n")  # T5's probe lost
+    recovery_probe.main(argv)
+    assert probed == ["T5_safety"]
+    again = read_rows(copy / "recovery.jsonl")[1]
+    # T5 probed first in a fresh process equals T5 probed after T2's probe: each starts from the final checkpoint
+    assert again["sample_nll"] == pytest.approx(first[1]["sample_nll"], rel=1e-6)
+    assert again["sample_scores"] == first[1]["sample_scores"]
+
+
+def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_run):
+    logs, _, report = probed_run
+    summary = json.loads((logs / "summary.json").read_text())
+    assert json.loads((logs / "recovery.json").read_text()) == report
+    assert report["forgetting"] == pytest.approx(summary["forgetting"])
+    assert report["forgetting_ci"] == pytest.approx(summary["forgetting_ci"])  # the run's own draws
+    assert report["forgetting_illusory"] + report["forgetting_real"] == pytest.approx(report["forgetting"])
+    assert list(report["tasks"]) == ["T2_math", "T5_safety"] and all(e["probed"] for e in report["tasks"].values())
+    assert (logs / "recovery.png").stat().st_size > 0
+    pooled = compare_methods.recovery_figures([logs, logs], [summary, summary], 200)  # two seeds, the same run
+    for key in ("forgetting", "forgetting_illusory", "forgetting_real"):
+        assert pooled[key] == pytest.approx(report[key])
+    assert compare_methods.recovery_cells(pooled)[-1] == ", ".join(
+        t for t, e in pooled["tasks"].items() if e["format_drift_only"]) or "none"
+    assert compare_methods.recovery_cells(None) == ["–", "–", "–"]
+
+
+def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
+    done = subprocess.run([sys.executable, "recovery_probe.py", "--run", str(tmp_path / "nowhere")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"recovery_probe.py: error: no run at {tmp_path / 'nowhere'}")
+    lost = tmp_path / "lost"  # the run's logs under another name: no checkpoint of that name
+    shutil.copytree(probed_run[0], lost)
+    (lost / "recovery.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="no final checkpoint"):
+        recovery_probe.main(["--run", str(lost), *PROBE])
