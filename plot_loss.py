@@ -7,8 +7,9 @@
 Per run: train_loss.png (raw loss, and its moving average restarted at every stage boundary, so that one task's
 loss never leaks into the next one's curve), and for sequential runs eval_by_task.png (task score with its 95 %
 interval, format compliance and eval loss of every task across stages) and score_matrix.png (heatmap of R with each
-cell's interval). Several sequential runs: comparison.png (AP, LA, BWT, FWT, forgetting and final per-task scores
-side by side, with their intervals as error bars) in every run folder.
+cell's interval); a cell that was not evaluated (eval_scope needed) is left out: no point, a blank heatmap cell.
+Several sequential runs: comparison.png (AP, LA, BWT, FWT, forgetting and final per-task scores side by side, with
+their intervals as error bars) in every run folder.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -68,6 +70,7 @@ def plot_train_loss(run: Path) -> Path | None:
 
 
 def plot_eval(run: Path) -> list[Path]:
+    """eval_by_task.png (a task's points: the stages after which it was evaluated) and score_matrix.png."""
     summary_path = run / "summary.json"
     rows = read_rows(run / "eval.jsonl")
     if not rows or not summary_path.is_file():
@@ -88,14 +91,21 @@ def plot_eval(run: Path) -> list[Path]:
         ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{run.name}: every task after every stage (falling score and format at steady loss = illusory forgetting)",
+    fig.suptitle(f"{run.name}: every task across stages (falling score and format at steady loss = illusory forgetting)",
                  fontsize=9)
-    written = [_save(fig, run / "eval_by_task.png")]
+    return [_save(fig, run / "eval_by_task.png"), plot_score_matrix(run, summary, stages)]
+
+
+def plot_score_matrix(run: Path, summary: dict, stages: list[str]) -> Path:
+    """Heatmap of the base row and R with each cell's interval; a cell that was not evaluated (None) stays blank."""
+    tasks = summary["tasks"]
     fig, ax = plt.subplots(figsize=(1.3 * len(tasks) + 3, 0.6 * len(stages) + 2))
-    matrix, intervals = [summary["base_scores"]] + summary["R"], [summary["base_ci"]] + summary["R_ci"]
-    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, max(max(r) for r in matrix)))
-    for i, (row, cis) in enumerate(zip(matrix, intervals)):
-        for j, (value, (lo, hi)) in enumerate(zip(row, cis)):
+    matrix = np.array([summary["base_scores"]] + summary["R"], dtype=float)  # None -> NaN: drawn transparent
+    intervals = [summary["base_ci"]] + summary["R_ci"]
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1e-9, np.nanmax(matrix)))
+    for (i, j), value in np.ndenumerate(matrix):
+        if not np.isnan(value):
+            lo, hi = intervals[i][j]
             ax.text(j, i, f"{value:.2f}\n[{lo:.2f}, {hi:.2f}]", ha="center", va="center", fontsize=7,
                     color="white" if value < 0.5 * image.get_clim()[1] else "black")
     ax.set_xticks(range(len(tasks)), tasks, rotation=30)
@@ -103,8 +113,7 @@ def plot_eval(run: Path) -> list[Path]:
     ax.set_title(f"R[stage][task] [95 % interval]  AP {format_score(summary['AP'], summary['AP_ci'])}  "
                  f"BWT {format_score(summary['BWT'], summary['BWT_ci'], sign=True)}", fontsize=9)
     fig.colorbar(image)
-    written.append(_save(fig, run / "score_matrix.png"))
-    return written
+    return _save(fig, run / "score_matrix.png")
 
 
 def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
@@ -188,6 +197,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from cli import run  # data and config errors: one line on stderr, exit 2
+    from cli import run as run_cli  # data and config errors: one line on stderr, exit 2
 
-    run(main)
+    run_cli(main)

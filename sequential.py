@@ -6,6 +6,7 @@ the first stage and after each one, continual-learning metrics, checkpoints and 
                              train on t_k with the method's loader, loss, per-step terms and optimizer
                              method.after_stage    (e.g. EWC's Fisher, the replay buffer)
                              save checkpoints/<run>/stage_<k>_<t_k>/ ; evaluate every task -> R[k][·]
+                             (eval_scope needed: only t_0 .. t_{k+1}, all that the figures read)
 
 The method (``--method``, methods/) is a small set of hooks; this file is the only training loop of the sequence.
 
@@ -108,13 +109,23 @@ class Sequence:
         self.stage_info = {r["stage"]: r for r in read_rows(self.log_dir / "stages.jsonl")}
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
+    def eval_tasks(self, stage: int) -> list[str]:
+        """The tasks scored after ``stage`` (-1: the base model). eval_scope all: every task. needed: the tasks of
+        stages 0 .. stage + 1, i.e. those trained so far and the next one (R[l][i] for i <= l + 1: all that AP / LA
+        / BWT / FWT / forgetting read); the base row stays whole (FWT reads base[i] of every task), and a single
+        stage (multi-task) holds every task."""
+        if self.config.eval_scope == "all" or stage < 0:
+            return list(self.config.tasks)
+        needed = {task for tasks in self.stages[:stage + 2] for task in tasks}
+        return [task for task in self.config.tasks if task in needed]
+
     def evaluate_all(self, stage: int, label: str) -> None:
-        """Score every task of the sequence (seen and unseen) and append one eval.jsonl row per task; tasks that
-        the method evaluates with the same weights share generation batches."""
+        """Score the tasks of ``eval_tasks(stage)`` that have no row yet and append one eval.jsonl row per task;
+        tasks that the method evaluates with the same weights share generation batches."""
         config = self.config
         records = {task: select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
                                         config.max_eval_samples, config.eval_subset_seed)
-                   for task in config.tasks if (stage, task) not in self.rows}
+                   for task in self.eval_tasks(stage) if (stage, task) not in self.rows}
         results = self.method.evaluate(records, label, self.accelerator) if records else {}
         for task, (summary, samples) in results.items():
             row = dict(stage=stage, stage_name=label, task=task, **summary)
@@ -234,15 +245,17 @@ class Sequence:
     def summary(self) -> dict:
         """The score matrix with each cell's 95 % interval, AP / LA / BWT / FWT / forgetting with joint intervals
         (cl_metrics.py: the same resampled samples in every row), the loss, format and cut-off matrices, the
-        evaluations flagged as mostly cut off, T5's refusal rates after the last stage, and the training costs."""
+        evaluations flagged as mostly cut off, T5's refusal rates after the last stage, and the training costs.
+        A cell that was not evaluated (eval_scope needed: a task two or more stages ahead) is None in every matrix."""
         tasks, stages = self.config.tasks, range(len(self.stages))
-        matrix = lambda key, rows: [[self.rows[(s, t)].get(key) for t in tasks] for s in rows]  # noqa: E731
+        cell = lambda s, t: self.rows.get((s, t), {})  # noqa: E731
+        matrix = lambda key, rows: [[cell(s, t).get(key) for t in tasks] for s in rows]  # noqa: E731
         R, base = matrix("score", stages), [self.rows[(-1, t)]["score"] for t in tasks]
         figures = figures_with_ci(*run_samples(self.rows, tasks, len(self.stages)),
                                   self.config.bootstrap_resamples)  # multi-task (one stage): AP only
         names = ["base", *(self.stage_name(t) for t in self.stages)]
         cut_off = [dict(after=names[s + 1], task=t, cutoff_rate=self.rows[(s, t)]["cutoff_rate"])
-                   for s in (-1, *stages) for t in tasks if self.rows[(s, t)]["mostly_cut_off"]]
+                   for s in (-1, *stages) for t in tasks if cell(s, t).get("mostly_cut_off")]
         last = {t: self.rows[(len(self.stages) - 1, t)] for t in tasks}
         rates = {t: {k: v for k, v in row.items() if k.startswith(("refusal_rate", "over_refusal_rate"))}
                  for t, row in last.items() if "refusal_rate" in row}
@@ -264,7 +277,8 @@ class Sequence:
 
 def format_summary(summary: dict) -> str:
     """The score matrix (rows: base, then after each stage) with 95 % intervals, the continual-learning figures
-    with theirs, T5's refusal rates and the evaluations whose answers were mostly cut off, as terminal text."""
+    with theirs, T5's refusal rates and the evaluations whose answers were mostly cut off, as terminal text (a cell
+    that was not evaluated: ``-``)."""
     tasks = summary["tasks"]
     width = max(22, *(len(t) for t in tasks))
     cut = {(c["after"], c["task"]) for c in summary["mostly_cut_off"]}
