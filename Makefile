@@ -31,7 +31,7 @@ data: $(DATA)
 
 # The main job: DS-LoRA + SLSD over T1 -> T5 with evaluation after every stage; re-running resumes.
 run: setup $(DATA)
-	$(PY) train_slsd_seq.py --run_name make_run
+	$(PY) train_slsd_seq.py --preset demo --run_name make_run
 
 test: setup
 	$(PY) -m pytest -q tests
