@@ -22,13 +22,14 @@ resample draws, per task, sample indices shared by every method, seed and stage,
 replacement (the same seeds for both sides of a difference): an interval covers the sample noise and the seed
 noise, and a difference is paired on both.
 
-Budgets on 2 CPU cores with the embedded model (each overridable on the command line); both train at 10x the
-config's learning rates, because at 1e-5 / 5e-5 ten steps do not change a 135M model's greedy answers and every
-method would tie with the base model:
-  default  every method, 3 seeds, T1 -> T5, 10 steps per task, 4 samples per task and evaluation
-           (~4 h 45 min with --jobs 2, ~6.8 min per run, measured with the former 32-token budget: each task's
-           budget now covers its references, which costs more decoding where the model does not stop)
-  --quick  every method, 1 seed, T1_general -> T2_math, 8 steps per task, 3 samples (< 30 minutes with 24 tokens)
+Budgets (presets of configs/base_config.py; any field can be overridden on the command line):
+  --preset study (default)  the study budget: 24 steps x 8 per task at 20x the method's learning rates, 100 test
+                            samples per task, only the cells the figures read (eval_scope needed); 3 seeds
+  --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
+Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
+(method ds_lora_slsd unless it names one) under its own label, so one command also runs a dose-response study:
+  --methods ds_lora --reference ds_lora --variant lambda_0.1:kd_lambda=0.1 --variant lambda_1:kd_lambda=1.0
+Every entry is paired with --reference (default ds_lora_slsd) on the same samples and seeds.
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
 than two, so two runs side by side should finish ~1.5x the runs per hour; each run's output then goes to
@@ -56,13 +57,9 @@ from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
 from utils_data import read_rows  # noqa: E402
 
-LEARNING_RATES_10X = dict(lr_slow="1e-4", lr_fast="5e-4", lr_lora="5e-4", gorp_lr="1e-4")
-BUDGETS = {
-    "full": dict(max_steps="10", max_eval_samples="4", **LEARNING_RATES_10X),
-    "quick": dict(tasks="T1_general,T2_math", max_steps="8", max_eval_samples="3", **LEARNING_RATES_10X),
-}
-REFERENCE = "ds_lora_slsd"  # the method every other one is compared with (paired differences)
-PAIRED = ("AP", "BWT", "LA")
+QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
+REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
+PAIRED = ("AP", "BWT", "LA", "forgetting")
 LOSS_METRICS = ("loss_final", "loss_BWT")
 RECOVERY = ("forgetting_illusory", "forgetting_real")  # forgetting = illusory + real (recovery_probe.py)
 
@@ -146,15 +143,16 @@ def aggregate(summaries: list[dict], scores: list[list], groups: list, resamples
                 peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
 
 
-def paired_differences(scores: dict[str, list], groups: list, resamples: int) -> dict[str, dict]:
-    """{method: {figure: {difference, ci, excludes_zero}}}: each method minus REFERENCE in AP, BWT and LA over the
-    same samples and seeds (cl_metrics.paired_difference); empty without REFERENCE among the methods."""
-    if REFERENCE not in scores:
+def paired_differences(scores: dict[str, list], groups: list, resamples: int,
+                       reference: str = REFERENCE) -> dict[str, dict]:
+    """{entry: {figure: {difference, ci, excludes_zero}}}: each entry minus ``reference`` in PAIRED over the same
+    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries."""
+    if reference not in scores:
         return {}
     table = {}
     for method, runs in scores.items():
-        if method != REFERENCE:
-            differences = paired_difference(runs, scores[REFERENCE], groups, resamples)
+        if method != reference:
+            differences = paired_difference(runs, scores[reference], groups, resamples)
             table[method] = {k: None if differences[k] is None else
                              dict(difference=differences[k][0], ci=differences[k][1],
                                   excludes_zero=not differences[k][1][0] <= 0 <= differences[k][1][1]) for k in PAIRED}
@@ -178,7 +176,7 @@ def recovery_cells(recovery: dict | None) -> list[str]:
 
 
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
-             seeds: list[str]) -> str:
+             seeds: list[str], reference: str = REFERENCE) -> str:
     head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "format drift only", *tasks, "final eval loss",
             "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
@@ -201,8 +199,8 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
         lines.append("| " + " | ".join(cells) + " |")
     if differences:
         head = ["method", *(f"Δ{k}" for k in PAIRED)]
-        lines += ["", f"## Paired differences from `{REFERENCE}`", "",
-                  f"Method minus {REFERENCE} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
+        lines += ["", f"## Paired differences from `{reference}`", "",
+                  f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
                   " interval]; **bold**: the interval excludes 0.", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join([method, *(difference_cell(row[k]) for k in PAIRED)]) + " |"
@@ -210,36 +208,86 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
     return "\n".join(lines) + "\n"
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``LABEL:field=value,field=value`` -> (LABEL, fields); the method is ds_lora_slsd unless a field names one."""
+    label, colon, spec = text.partition(":")
+    pairs = [item.partition("=") for item in spec.split(",") if item]
+    if not label or not colon or any(not eq or not key for key, eq, _ in pairs):
+        raise ValueError(f"--variant {text!r}: expected LABEL:field=value,field=value")
+    return label, dict(dict(method=REFERENCE), **{key.strip(): value.strip() for key, _, value in pairs})
+
+
+def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, dict[str, str]]:
+    """{label: its config fields}: one per --methods name, then one per --variant."""
+    methods = args.methods.split(",") if args.methods else ([] if args.variant else METHOD_NAMES)
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]} (choose from {', '.join(METHOD_NAMES)})")
+    entries = {m: dict(method=m) for m in methods}
+    for text in args.variant:
+        try:
+            label, fields = parse_variant(text)
+        except ValueError as err:
+            parser.error(str(err))
+        entries[label] = fields
+    return entries
+
+
+def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path | None:
+    """Each entry's paired difference from the reference in every PAIRED figure, with its 95 % interval."""
+    if not differences:
+        return None
+    import matplotlib.pyplot as plt
+    from plot_loss import error_bars
+
+    labels = list(differences)
+    fig, axes = plt.subplots(1, len(PAIRED), figsize=(3.2 * len(PAIRED), 0.45 * len(labels) + 1.6), sharey=True)
+    for ax, key in zip(axes, PAIRED):
+        rows = [(i, differences[label][key]) for i, label in enumerate(labels) if differences[label][key]]
+        values = [entry["difference"] for _, entry in rows]
+        ax.errorbar(values, [i for i, _ in rows], xerr=error_bars(values, [entry["ci"] for _, entry in rows]),
+                    fmt="o", capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_title(f"Δ{key} vs {reference}")
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].invert_yaxis()
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the < 30 minute budget (see above)")
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES), help="comma-separated --method names")
+    parser.add_argument("--quick", action="store_true", help="the demo preset on T1_general -> T2_math, 1 seed")
+    parser.add_argument("--methods", default=None, help="comma-separated --method names (default: all of them, "
+                                                        "or none when --variant is given)")
+    parser.add_argument("--variant", action="append", default=[], help="LABEL:field=value,field=value (repeatable)")
+    parser.add_argument("--reference", default=REFERENCE, help="the entry every other one is paired with")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 42,43,44; --quick: 42)")
-    parser.add_argument("--name", default=None, help="results name (default: quick or default)")
-    parser.add_argument("--preset", default="default")
+    parser.add_argument("--name", default=None, help="results name (default: quick or the preset's name)")
+    parser.add_argument("--preset", default=None, help="the budget (default: study; --quick: demo)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores / jobs threads")
     parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
     parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
                                                                    "illusory / real forgetting stay empty)")
     args, rest = parser.parse_known_args(argv)
-    budget = dict(BUDGETS["quick" if args.quick else "full"], **parse_overrides(rest))
-    build_config(args.preset, overrides=budget)  # a bad field or value stops here in one line, before any run
+    preset = args.preset or ("demo" if args.quick else "study")
+    budget = dict(QUICK if args.quick else {}, **parse_overrides(rest))
+    entries = entries_from(args, parser)
+    for fields in entries.values():  # a bad field or value stops here in one line, before any run
+        build_config(preset, overrides=dict(budget, **fields))
     seeds = (args.seeds or ("42" if args.quick else "42,43,44")).split(",")
-    name = args.name or ("quick" if args.quick else "default")
-    methods = args.methods.split(",")
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown:
-        parser.error(f"unknown method {unknown[0]} (choose from {', '.join(METHOD_NAMES)})")
+    name = args.name or ("quick" if args.quick else preset)
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
 
-    def run_one(method: str, seed: str) -> None:
-        run = f"cmp_{name}_{method}_s{seed}"
-        fields = dict(budget, method=method, seed=seed, run_name=run)
-        argv_run = ["--preset", args.preset, "--no_plots", "--overwrite",  # a run of another config is redone
+    def run_one(label: str, seed: str) -> None:
+        run = f"cmp_{name}_{label}_s{seed}"
+        fields = dict(budget, **entries[label], seed=seed, run_name=run)
+        argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
                     *[a for k, v in fields.items() for a in (f"--{k}", v)]]
-        say(f"{method} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
+        say(f"{label} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
         command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
         output = None if args.jobs == 1 else log_root / f"cmp_{name}_outputs" / f"{run}.log"  # side by side: a file each
         if output is not None:
@@ -255,35 +303,37 @@ def main(argv: list[str] | None = None) -> dict:
             call(command_run, "run")
             stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
             if not args.no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
-                say(f"{method} seed {seed}: recovery_probe.py --run {log_root / run}")
+                say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
                 call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run)], "recovery probe")
-        say(f"{method} seed {seed}: done")
+        say(f"{label} seed {seed}: done")
 
-    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every method's first seed comes first
-        futures = [pool.submit(run_one, m, s) for s in seeds for m in methods]
+    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every entry's first seed comes first
+        futures = [pool.submit(run_one, label, s) for s in seeds for label in entries]
         try:
             for future in futures:
                 future.result()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # a failed run stops the comparison (the running ones finish)
             raise
-    runs = {m: [log_root / f"cmp_{name}_{m}_s{s}" for s in seeds] for m in methods}
-    summaries = {m: [json.loads((d / "summary.json").read_text()) for d in dirs] for m, dirs in runs.items()}
+    runs = {label: [log_root / f"cmp_{name}_{label}_s{s}" for s in seeds] for label in entries}
+    summaries = {label: [json.loads((d / "summary.json").read_text()) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
-    resamples = json.loads((runs[methods[0]][0] / "config.json").read_text())["bootstrap_resamples"]
-    table = {m: dict(aggregate(summaries[m], scores[m], groups, resamples),
-                     recovery=recovery_figures(runs[m], summaries[m], resamples)) for m in methods}
-    differences = paired_differences(scores, groups, resamples)
-    tasks = summaries[methods[0]][0]["tasks"]
+    first = next(iter(runs.values()))[0]
+    resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
+    table = {label: dict(aggregate(summaries[label], scores[label], groups, resamples),
+                         recovery=recovery_figures(runs[label], summaries[label], resamples)) for label in entries}
+    differences = paired_differences(scores, groups, resamples, args.reference)
+    tasks = summaries[next(iter(entries))][0]["tasks"]
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
     command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
-    text = markdown(name, command, table, differences, tasks, seeds)
+    text = markdown(name, command, table, differences, tasks, seeds, args.reference)
     (out / f"{name}.md").write_text(text)
-    summary = dict(name=name, command=command, budget=budget, seeds=seeds, table=table,
-                   reference=REFERENCE, paired_differences=differences)
+    summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
+                   table=table, reference=args.reference, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
+    plot_paired(differences, args.reference, out / f"{name}_paired.png")
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
                   **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED},

@@ -17,7 +17,9 @@ from plot_loss import smooth, smooth_by_stage  # noqa: E402
 
 def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     logs, results = tmp_path / "logs", tmp_path / "results"
-    argv = ["--preset", "smoke", "--methods", "seq_lora,ds_lora_slsd", "--seeds", "1,2", "--jobs", "2", "--name", "t",
+    # a variant (DS-LoRA + SLSD with one field changed) as the reference: its field reaches its runs
+    argv = ["--preset", "smoke", "--methods", "seq_lora", "--variant", "kd2:kd_lambda=2", "--reference", "kd2",
+            "--seeds", "1,2", "--jobs", "2", "--name", "t",
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
             "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
             "--checkpoint_dir", str(tmp_path / "ckpt")]
@@ -25,20 +27,24 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
 
     saved = json.loads((results / "t.json").read_text())
     table = saved["table"]
-    assert set(table) == {"seq_lora", "ds_lora_slsd"} and set(result["AP"]) == set(table) == set(result["LA"])
-    for method, row in table.items():
-        runs = [json.loads((logs / f"cmp_t_{method}_s{seed}" / "summary.json").read_text()) for seed in (1, 2)]
+    assert set(table) == {"seq_lora", "kd2"} and set(result["AP"]) == set(table) == set(result["LA"])
+    for label, row in table.items():
+        runs = [json.loads((logs / f"cmp_t_{label}_s{seed}" / "summary.json").read_text()) for seed in (1, 2)]
+        method = "ds_lora_slsd" if label == "kd2" else label
         assert [r["method"] for r in runs] == [method, method] and row["seeds"] == 2
+        config = json.loads((logs / f"cmp_t_{label}_s1" / "config.json").read_text())
+        assert config["kd_lambda"] == (2.0 if label == "kd2" else 0.5)
         aps = [r["AP"] for r in runs]
         assert row["AP"] == [statistics.fmean(aps), statistics.stdev(aps)]
         for key in ("AP", "LA", "BWT"):
             lo, hi = row[f"{key}_ci"]
             assert lo <= row[key][0] + 1e-12 and row[key][0] - 1e-12 <= hi
-        assert (logs / "cmp_t_outputs" / f"cmp_t_{method}_s1.log").stat().st_size > 0  # --jobs 2: output per run
-    assert set(saved["paired_differences"]) == {"seq_lora"}
-    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA"}
+        assert (logs / "cmp_t_outputs" / f"cmp_t_{label}_s1.log").stat().st_size > 0  # --jobs 2: output per run
+    assert set(saved["paired_differences"]) == {"seq_lora"} and saved["reference"] == "kd2"
+    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA", "forgetting"}
     markdown = (results / "t.md").read_text()
-    assert "| seq_lora |" in markdown and "| ds_lora_slsd |" in markdown and "Paired differences" in markdown
+    assert "| seq_lora |" in markdown and "| kd2 |" in markdown and "Paired differences from `kd2`" in markdown
+    assert (results / "t_paired.png").stat().st_size > 0
     assert "--jobs 2" in markdown and "2 seed(s) (1, 2)" in markdown
     assert (results / "t_comparison.png").stat().st_size > 0
 
@@ -47,13 +53,22 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 
 
+def test_variants_parse_into_labelled_configs():
+    assert compare_methods.parse_variant("lam0.1:kd_lambda=0.1,kd_every=2") == (
+        "lam0.1", dict(method="ds_lora_slsd", kd_lambda="0.1", kd_every="2"))
+    assert compare_methods.parse_variant("plain:method=ds_lora")[1] == dict(method="ds_lora")
+    for bad in ("nolabel", ":kd_lambda=1", "x:kd_lambda"):
+        with pytest.raises(ValueError, match="LABEL:field=value"):
+            compare_methods.parse_variant(bad)
+
+
 def test_paired_difference_of_identical_methods_is_zero_and_unmarked():
     rng = np.random.default_rng(0)
     groups = [[""] * 12, ["harmful"] * 8 + ["benign"] * 4]
     runs = [[(rng.random((3, 12)) < 0.5).astype(float), (rng.random((3, 12)) < 0.5).astype(float)] for _ in range(2)]
     differences = compare_methods.paired_differences({"ds_lora_slsd": runs, "seq_lora": runs}, groups, 500)
     assert set(differences) == {"seq_lora"}
-    for key in ("AP", "BWT", "LA"):
+    for key in ("AP", "BWT", "LA", "forgetting"):
         assert differences["seq_lora"][key] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False)
     assert compare_methods.difference_cell(differences["seq_lora"]["AP"]) == "+0.000 [+0.00, +0.00]"
     assert compare_methods.difference_cell(dict(difference=0.2, ci=[0.1, 0.3], excludes_zero=True)).startswith("**")
