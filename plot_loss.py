@@ -79,14 +79,16 @@ def plot_eval(run: Path) -> list[Path]:
     tasks = summary["tasks"]
     stages = ["base"] + [f"after {name}" for name in summary.get("stage_names", tasks)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for task in tasks:
+    for k, task in enumerate(tasks):
         by_stage = {r["stage"]: r for r in rows if r["task"] == task}
         xs = [s for s in range(-1, len(stages) - 1) if s in by_stage]
+        # each task its own marker and a small sideways shift, so that tasks with equal values stay visible
+        shifted, marker = [x + 1 + 0.06 * (k - (len(tasks) - 1) / 2) for x in xs], "osD^vP*X"[k % 8]
         scores = [by_stage[x]["score"] for x in xs]
-        axes[0].errorbar([x + 1 for x in xs], scores, yerr=error_bars(scores, [by_stage[x]["score_ci"] for x in xs]),
-                         marker="o", capsize=3, label=task)
+        axes[0].errorbar(shifted, scores, yerr=error_bars(scores, [by_stage[x]["score_ci"] for x in xs]),
+                         marker=marker, capsize=3, label=task)
         for ax, key in zip(axes[1:], ("format_rate", "eval_loss")):
-            ax.plot([x + 1 for x in xs], [by_stage[x].get(key) for x in xs], marker="o", label=task)
+            ax.plot(shifted, [by_stage[x].get(key) for x in xs], marker=marker, label=task)
     for ax, title in zip(axes, ("task score (95 % interval)", "format compliance", "eval loss (references)")):
         ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
