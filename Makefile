@@ -7,7 +7,7 @@ MODEL := pretrained_models/SmolLM2-135M-Instruct/model.safetensors
 export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test bench study dose clean
 
 setup: $(STAMP) $(MODEL)
 
@@ -36,8 +36,9 @@ run: setup $(DATA)
 test: setup
 	$(PY) -m pytest -q tests
 
-# The CPU benchmarks; the GPU ones skip cleanly without CUDA. The method comparison is separate (hours):
-# $(PY) bench/compare_methods.py --quick   (< 30 min)   |   $(PY) bench/compare_methods.py --jobs 2   (~5 h)
+# The CPU benchmarks; the GPU ones skip cleanly without CUDA. The studies are separate targets (hours to days on a
+# CPU; both resume where they stopped): `make study` (every method x 3 seeds at the study preset) and `make dose`
+# (SLSD's dose against plain DS-LoRA, paired; bench/RESULTS.md gives their measured cost).
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
@@ -46,6 +47,15 @@ bench: setup $(DATA)
 	$(PY) bench/bench_memory.py
 	$(PY) bench/gpu_check.py
 	$(PY) bench/bench_gpu_throughput.py
+
+study: setup $(DATA)
+	$(PY) bench/compare_methods.py --jobs 2
+
+DOSE := --variant slsd:kd_lambda=0.5 --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
+	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8 \
+	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
+dose: setup $(DATA)
+	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose --methods ds_lora --reference ds_lora $(DOSE)
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)
