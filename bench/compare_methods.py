@@ -23,7 +23,7 @@ replacement (the same seeds for both sides of a difference): an interval covers 
 noise, and a difference is paired on both.
 
 Budgets (presets of configs/base_config.py; any field can be overridden on the command line):
-  --preset study (default)  the study budget: 24 steps x 8 per task at 20x the method's learning rates, 100 test
+  --preset study (default)  the study budget: 12 steps x 4 per task at 20x the method's learning rates, 100 test
                             samples per task, only the cells the figures read (eval_scope needed); 3 seeds
   --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
 Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
