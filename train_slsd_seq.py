@@ -1,11 +1,12 @@
 """DS-LoRA + SLSD over a sequence of tasks (default T1_general -> T2_math -> T3_code -> T4_tool -> T5_safety).
 
-    python train_slsd_seq.py [--preset smoke|default|paper] [--config file.yaml] [--tasks T2_math,T3_code]
+    python train_slsd_seq.py [--preset default|demo|study|smoke|paper] [--config file.yaml] [--tasks T2_math,T3_code]
                              [--method ds_lora_slsd|seq_lora|replay|...] [--fast_mode per_task] [--run_name NAME]
                              [--overwrite]
     accelerate launch --config_file configs/accelerate/ddp.yaml train_slsd_seq.py ...   (several GPUs)
 
-Every task of the sequence is evaluated before the first stage and after each stage. Outputs:
+Every task is evaluated before the first stage; after each stage every task (eval_scope all) or the tasks trained
+so far and the next one (eval_scope needed: all the figures read). Outputs:
 logs/<run>/{config.json, train_loss.jsonl, stages.jsonl, eval.jsonl, samples_*.jsonl, summary.json, *.png} and
 checkpoints/<run>/stage_<k>_<task>/{adapters.safetensors, peft/}. Re-running the same command resumes.
 """
