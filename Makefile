@@ -52,7 +52,7 @@ study: setup $(DATA)
 	$(PY) bench/compare_methods.py --jobs 2
 
 DOSE := --variant slsd:kd_lambda=0.5 --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
-	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8 \
+	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8,probe_candidates=16 \
 	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
 dose: setup $(DATA)
 	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose --methods ds_lora --reference ds_lora $(DOSE)

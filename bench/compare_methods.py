@@ -1,15 +1,18 @@
-"""Side-by-side comparison of methods × seeds on the same task sequence, model and step budget.
+"""Side-by-side comparison of methods (and variants) × seeds on the same task sequence, model and step budget.
 
-    python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--seeds 42,43,44] [--jobs N]
-                                    [--name NAME] [--preset default] [--no_recovery] [--<config field> value ...]
+    python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--variant LABEL:field=value,...]
+                                    [--reference LABEL] [--seeds 42,43,44] [--jobs N] [--name NAME] [--preset study]
+                                    [--no_recovery] [--<config field> value ...]
 
-Every (method, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
-logs/cmp_<name>_<method>_s<seed>/; a finished run of the same config is reused, an interrupted one resumes, one of
-another config (older code defaults) is redone. Writes bench/results/<name>.md and .json: per method AP, LA, BWT,
-FWT, forgetting and the final per-task scores, each the mean over seeds with its 95 % bootstrap interval; trainable
-parameters, training wall time and peak memory; for each method, its paired difference from ds_lora_slsd in AP,
-BWT and LA with its interval, marked where the interval excludes 0; and bench/results/<name>_comparison.png
-(plot_loss.py's comparison of the first seed's runs).
+Every (entry, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
+logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's); a finished run of the same config is
+reused, an interrupted one resumes, one of another config (older code defaults) is redone. Writes
+bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting and the final per-task scores, each the
+mean over seeds with its 95 % bootstrap interval; trainable parameters, training wall time and peak memory; each
+entry's paired difference from --reference in AP, BWT, LA and forgetting with its interval, marked where the interval
+excludes 0; bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs) and
+<name>_paired.png (the paired differences). Probe fields (recovery_steps, recovery_samples) go to the probe, not to
+the runs, so changing them re-probes without retraining.
 
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
 (in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
@@ -59,6 +62,8 @@ from utils_data import read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
+VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
+PROBE_FIELDS = ("recovery_steps", "recovery_samples")  # read by recovery_probe.py only: passed to it, not to the run
 PAIRED = ("AP", "BWT", "LA", "forgetting")
 LOSS_METRICS = ("loss_final", "loss_BWT")
 RECOVERY = ("forgetting_illusory", "forgetting_real")  # forgetting = illusory + real (recovery_probe.py)
@@ -120,8 +125,8 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
         return None
     tasks, samples = summaries[0]["tasks"], []
     for run in runs:
-        config = json.loads((run / "config.json").read_text())
-        probes = read_probes(run, config["recovery_steps"], config["recovery_samples"])
+        setting = json.loads((run / "recovery.json").read_text())  # the setting the probe ran with
+        probes = read_probes(run, setting["recovery_steps"], setting["recovery_samples"])
         samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks)))
     return recovery_report(samples, tasks, resamples)
 
@@ -214,7 +219,7 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     pairs = [item.partition("=") for item in spec.split(",") if item]
     if not label or not colon or any(not eq or not key for key, eq, _ in pairs):
         raise ValueError(f"--variant {text!r}: expected LABEL:field=value,field=value")
-    return label, dict(dict(method=REFERENCE), **{key.strip(): value.strip() for key, _, value in pairs})
+    return label, dict(dict(method=VARIANT_METHOD), **{key.strip(): value.strip() for key, _, value in pairs})
 
 
 def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, dict[str, str]]:
@@ -229,7 +234,11 @@ def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             label, fields = parse_variant(text)
         except ValueError as err:
             parser.error(str(err))
+        if label in entries:
+            parser.error(f"--variant {label}: the label is already taken")
         entries[label] = fields
+    if args.reference not in entries:
+        parser.error(f"--reference {args.reference} is not among the entries ({', '.join(entries)})")
     return entries
 
 
@@ -273,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     args, rest = parser.parse_known_args(argv)
     preset = args.preset or ("demo" if args.quick else "study")
     budget = dict(QUICK if args.quick else {}, **parse_overrides(rest))
+    probe = {k: budget.pop(k) for k in PROBE_FIELDS if k in budget}
     entries = entries_from(args, parser)
     for fields in entries.values():  # a bad field or value stops here in one line, before any run
         build_config(preset, overrides=dict(budget, **fields))
@@ -304,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
             stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
             if not args.no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
                 say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
-                call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run)], "recovery probe")
+                call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
+                      *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")
         say(f"{label} seed {seed}: done")
 
     with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every entry's first seed comes first

@@ -49,7 +49,7 @@ class Config:
     lr_schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     warmup_ratio: float = 0.05  # share of the optimizer steps spent warming up linearly from 0
     max_grad_norm: float = 1.0  # gradient clipping norm, each optimizer group clipped on its own (0 = no clipping)
-    batch_size: int = 2  # sequences per micro-batch (CPU-sized default: make run in 15 minutes)
+    batch_size: int = 2  # sequences per micro-batch (CPU-sized default)
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
     max_steps: int = 20  # optimizer steps per task (CPU-sized default); 0 = derive from epochs
@@ -182,6 +182,14 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 BASELINES = ["seq_lora", "replay", "ewc", "lwf", "o_lora", "gorp", "ilora", "freeze_only", "multitask"]
 METHOD_NAMES = list(ABLATIONS) + BASELINES
 
+# The embedded model's CPU training budget shared by `demo` and `study`: 20x the method's learning rates (at
+# 1e-5 / 5e-5 a 135M model's greedy answers do not move within a CPU budget; 5:1 fast:slow as in the method), 12
+# steps x 4 per task, a KD step every 4 steps on 2 probe samples; after each stage only the cells the figures read.
+# Measured on validation to make Seq-LoRA learn and forget (bench/RESULTS.md, issue 15).
+EMBEDDED_BUDGET: dict[str, Any] = dict(lr_slow=2e-4, lr_fast=1e-3, lr_lora=1e-3, gorp_lr=2e-4, max_steps=12,
+                                       batch_size=4, kd_every=4, kd_batch_size=2, save_every=4, eval_scope="needed",
+                                       max_new_tokens_cap=256)
+
 # Named presets: overrides applied on top of the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     # The embedded SmolLM2-135M-Instruct on a laptop CPU: the dataclass defaults.
@@ -194,19 +202,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   lr_slow=1e-3, lr_fast=5e-3,
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True,
                   lr_lora=5e-3, gorp_lr=1e-3, replay_per_task=4, ewc_batches=2, gorp_update_proj_gap=2),
-    # The embedded model at 20x the method's learning rates: at 1e-5 / 5e-5 a 135M model's greedy answers do not move
-    # within a CPU budget (bench/RESULTS.md, issue 15); 5:1 fast:slow as in the method. Shared by `demo` and `study`.
-    # `demo` (make run): DS-LoRA + SLSD over T1 -> T5 in ~15 min on 2 CPU cores, each task's learning visible on a
-    # small fixed test subset (16 per task: one sample is 0.0625; intervals printed).
-    "demo": dict(lr_slow=2e-4, lr_fast=1e-3, lr_lora=1e-3, gorp_lr=2e-4, max_steps=12, batch_size=4,
-                 max_eval_samples=16, eval_batch_size=16, eval_scope="needed", max_new_tokens_cap=256,
-                 probe_size=4, probe_candidates=8, kd_every=4, kd_batch_size=2, replay_per_task=8, save_every=4),
-    # `study` (bench/compare_methods.py, make study / make dose): demo's training budget, the one measured to give
-    # Seq-LoRA forgetting 0.10 [0.05, 0.18] on validation (bench/RESULTS.md), scored on 100 test samples per task.
-    "study": dict(lr_slow=2e-4, lr_fast=1e-3, lr_lora=1e-3, gorp_lr=2e-4, max_steps=12, batch_size=4,
-                  max_eval_samples=100, eval_batch_size=25, eval_scope="needed", max_new_tokens_cap=256,
-                  probe_size=4, probe_candidates=8, kd_every=4, kd_batch_size=2, replay_per_task=8, save_every=4,
-                  export_peft=False),
+    # `demo` (make run): DS-LoRA + SLSD over T1 -> T5 on a small fixed test subset (16 per task: one sample is
+    # 0.0625; intervals printed); 33.5 min measured with one thread beside another run (bench/RESULTS.md).
+    "demo": dict(EMBEDDED_BUDGET, max_eval_samples=16, eval_batch_size=16),
+    # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task.
+    "study": dict(EMBEDDED_BUDGET, max_eval_samples=100, eval_batch_size=25, export_peft=False),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,

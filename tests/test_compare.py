@@ -62,6 +62,17 @@ def test_variants_parse_into_labelled_configs():
             compare_methods.parse_variant(bad)
 
 
+def test_a_reference_or_label_that_does_not_fit_stops_before_any_run(tmp_path, capsys):
+    base = ["--preset", "smoke", "--log_dir", str(tmp_path / "logs"), "--results_dir", str(tmp_path / "results")]
+    for bad, message in ((["--methods", "seq_lora", "--reference", "ewc"], "--reference ewc is not among"),
+                         (["--methods", "seq_lora", "--variant", "seq_lora:kd_lambda=1", "--reference", "seq_lora"],
+                          "label is already taken")):
+        with pytest.raises(SystemExit):
+            compare_methods.main(base + bad)
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
 def test_paired_difference_of_identical_methods_is_zero_and_unmarked():
     rng = np.random.default_rng(0)
     groups = [[""] * 12, ["harmful"] * 8 + ["benign"] * 4]
