@@ -137,6 +137,16 @@ class Bootstrap:
         matrices = [self.matrix(scores) for scores in runs]
         return self.pool([point[-1] for point, _ in matrices], [resampled[:, -1] for _, resampled in matrices])
 
+    def plasticity(self, runs: list[list]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each task's gain in its own stage, R[i][i] − base[i], seed-mean (tasks,) and its resamples (resamples,
+        tasks); None unless the run has one stage per task (multi-task has no stage of its own per task)."""
+        matrices = [self.matrix(scores) for scores in runs]
+        rows, tasks = matrices[0][0].shape
+        if rows - 1 != tasks:
+            return None
+        gain = lambda m: np.diagonal(m[..., 1:, :], axis1=-2, axis2=-1) - m[..., 0, :]  # noqa: E731
+        return self.pool([gain(point) for point, _ in matrices], [gain(resampled) for _, resampled in matrices])
+
     def figures(self, runs: list[list]) -> dict[str, tuple[float, np.ndarray] | None]:
         """Each figure's seed-mean over ``runs`` (one per seed; rows = base, then each stage): its value and its
         resamples (each recomputed on its drawn samples and averaged over its drawn seeds)."""

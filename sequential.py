@@ -31,7 +31,7 @@ from cl_metrics import figures_with_ci, format_score, run_samples
 from configs.base_config import Config, save_config
 from distributed import make_accelerator, tracker_config
 from evaluation import CUTOFF_FLAG, select_samples
-from methods import make_method
+from methods import make_method, method_class
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import check_finite_parameters, num_optimizer_steps, train_stage
 from utils_data import SFTDataset, read_rows, read_task, task_name
@@ -243,36 +243,62 @@ class Sequence:
         return summary
 
     def summary(self) -> dict:
-        """The score matrix with each cell's 95 % interval, AP / LA / BWT / FWT / forgetting with joint intervals
-        (cl_metrics.py: the same resampled samples in every row), the loss, format and cut-off matrices, the
-        evaluations flagged as mostly cut off, T5's refusal rates after the last stage, and the training costs.
-        A cell that was not evaluated (eval_scope needed: a task two or more stages ahead) is None in every matrix."""
-        tasks, stages = self.config.tasks, range(len(self.stages))
-        cell = lambda s, t: self.rows.get((s, t), {})  # noqa: E731
-        matrix = lambda key, rows: [[cell(s, t).get(key) for t in tasks] for s in rows]  # noqa: E731
-        R, base = matrix("score", stages), [self.rows[(-1, t)]["score"] for t in tasks]
-        figures = figures_with_ci(*run_samples(self.rows, tasks, len(self.stages)),
-                                  self.config.bootstrap_resamples)  # multi-task (one stage): AP only
-        names = ["base", *(self.stage_name(t) for t in self.stages)]
-        cut_off = [dict(after=names[s + 1], task=t, cutoff_rate=self.rows[(s, t)]["cutoff_rate"])
-                   for s in (-1, *stages) for t in tasks if cell(s, t).get("mostly_cut_off")]
-        last = {t: self.rows[(len(self.stages) - 1, t)] for t in tasks}
-        rates = {t: {k: v for k, v in row.items() if k.startswith(("refusal_rate", "over_refusal_rate"))}
-                 for t, row in last.items() if "refusal_rate" in row}
-        return dict(run=self.log_dir.name, log_dir=str(self.log_dir), method=self.config.method, tasks=tasks,
-                    stage_names=names[1:], base_scores=base, base_ci=matrix("score_ci", [-1])[0], R=R,
-                    R_ci=matrix("score_ci", stages), **figures,
-                    loss_matrix=matrix("eval_loss", stages), base_losses=matrix("eval_loss", [-1])[0],
-                    format_matrix=matrix("format_rate", stages), cutoff_matrix=matrix("cutoff_rate", stages),
-                    base_cutoff=matrix("cutoff_rate", [-1])[0], max_new_tokens=matrix("max_new_tokens", [-1])[0],
-                    reference_tokens=matrix("reference_tokens", [-1])[0],
-                    budget_override=self.config.max_new_tokens > 0, mostly_cut_off=cut_off, final_refusal_rates=rates,
-                    final_scores=dict(zip(tasks, R[-1])), final_ci=dict(zip(tasks, matrix("score_ci", stages)[-1])),
-                    samples=matrix("samples", [-1])[0], stages=[self.stage_info[s] for s in stages],
-                    trainable_params=self.stage_info[len(self.stages) - 1].get("trainable_params"),
-                    peak_memory_mb=max(self.stage_info[s]["peak_memory_mb"] for s in stages),
-                    train_wall_s=round(sum(self.stage_info[s]["wall_s"] for s in stages), 1),
-                    fast_mode=self.config.fast_mode, use_slsd=self.config.use_slsd)
+        return summarize(self.config, self.rows, self.stage_info, self.stages, self.log_dir)
+
+
+def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[str]], log_dir: Path) -> dict:
+    """The score matrix with each cell's 95 % interval, AP / LA / BWT / FWT / forgetting with joint intervals
+    (cl_metrics.py: the same resampled samples in every row), the loss, format and cut-off matrices, the
+    evaluations flagged as mostly cut off, T5's refusal rates after the last stage, and the training costs, from a
+    run's evaluation rows {(stage, task): row} and stage records {stage: row}. ``stages`` (the tasks of each stage)
+    may be the first few of the run's: the summary is then that of the shorter sequence (its tasks only).
+    A cell that was not evaluated (eval_scope needed: a task two or more stages ahead) is None in every matrix."""
+    tasks = [t for t in config.tasks if any(t in stage for stage in stages)]
+    last, indices = len(stages) - 1, range(len(stages))
+    cell = lambda s, t: rows.get((s, t), {})  # noqa: E731
+    matrix = lambda key, at: [[cell(s, t).get(key) for t in tasks] for s in at]  # noqa: E731
+    R, base = matrix("score", indices), [rows[(-1, t)]["score"] for t in tasks]
+    figures = figures_with_ci(*run_samples(rows, tasks, len(stages)),
+                              config.bootstrap_resamples)  # multi-task (one stage): AP only
+    names = ["base", *(Sequence.stage_name(t) for t in stages)]
+    cut_off = [dict(after=names[s + 1], task=t, cutoff_rate=rows[(s, t)]["cutoff_rate"])
+               for s in (-1, *indices) for t in tasks if cell(s, t).get("mostly_cut_off")]
+    rates = {t: {k: v for k, v in rows[(last, t)].items() if k.startswith(("refusal_rate", "over_refusal_rate"))}
+             for t in tasks if "refusal_rate" in rows[(last, t)]}
+    return dict(run=log_dir.name, log_dir=str(log_dir), method=config.method, tasks=tasks,
+                stage_names=names[1:], base_scores=base, base_ci=matrix("score_ci", [-1])[0], R=R,
+                R_ci=matrix("score_ci", indices), **figures,
+                loss_matrix=matrix("eval_loss", indices), base_losses=matrix("eval_loss", [-1])[0],
+                format_matrix=matrix("format_rate", indices), cutoff_matrix=matrix("cutoff_rate", indices),
+                base_cutoff=matrix("cutoff_rate", [-1])[0], max_new_tokens=matrix("max_new_tokens", [-1])[0],
+                reference_tokens=matrix("reference_tokens", [-1])[0],
+                budget_override=config.max_new_tokens > 0, mostly_cut_off=cut_off, final_refusal_rates=rates,
+                final_scores=dict(zip(tasks, R[-1])), final_ci=dict(zip(tasks, matrix("score_ci", indices)[-1])),
+                samples=matrix("samples", [-1])[0], stages=[stage_info[s] for s in indices],
+                trainable_params=stage_info[last].get("trainable_params"),
+                peak_memory_mb=max(stage_info[s]["peak_memory_mb"] for s in indices),
+                train_wall_s=round(sum(stage_info[s]["wall_s"] for s in indices), 1),
+                fast_mode=config.fast_mode, use_slsd=config.use_slsd)
+
+
+def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
+    """A run's summary rebuilt from its logs (config.json, eval.jsonl, stages.jsonl), of all its stages or of the
+    first ``stages`` (a run stopped later still gives the sequence of its first tasks). Nothing is loaded or run.
+    Raises ValueError when an evaluation those stages need is missing."""
+    if not (log_dir / "config.json").is_file():
+        raise ValueError(f"{log_dir} holds no run (no config.json)")
+    config = Config(**json.loads((log_dir / "config.json").read_text()))
+    rows = {(r["stage"], r["task"]): r for r in read_rows(log_dir / "eval.jsonl")}
+    stage_info = {r["stage"]: r for r in read_rows(log_dir / "stages.jsonl")}
+    all_stages = method_class(config.method).stages(config.tasks)
+    kept = all_stages[:stages or len(all_stages)]
+    tasks = [t for t in config.tasks if any(t in stage for stage in kept)]
+    last = len(kept) - 1
+    missing = [f"stage {s} {t}" for s in (-1, last) for t in tasks if (s, t) not in rows]
+    missing += [f"stage {s} record" for s in range(len(kept)) if s not in stage_info]
+    if missing:
+        raise ValueError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
+    return summarize(config, rows, stage_info, kept, log_dir)
 
 
 def format_summary(summary: dict) -> str:

@@ -58,6 +58,7 @@ from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, int
 from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
+from sequential import summary_from_logs  # noqa: E402
 from utils_data import read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
@@ -95,6 +96,11 @@ def loss_figures(summary: dict) -> dict[str, float | None]:
         return dict(loss_final=statistics.fmean(losses[-1]), loss_BWT=None)
     figures = continual_metrics(losses, summary["base_losses"])
     return dict(loss_final=figures["AP"], loss_BWT=figures["BWT"])
+
+
+def read_summary(run: Path, stages: int | None) -> dict:
+    """A finished run's summary.json, or with ``stages`` the summary of its first stages rebuilt from its logs."""
+    return json.loads((run / "summary.json").read_text()) if stages is None else summary_from_logs(run, stages)
 
 
 def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list]]:
@@ -138,11 +144,13 @@ def aggregate(summaries: list[dict], scores: list[list], groups: list, resamples
     bootstrap = Bootstrap(groups, resamples, seeds=len(summaries))
     figures = bootstrap.figures(scores)
     _, final = bootstrap.final_scores(scores)
+    gains = bootstrap.plasticity(scores)
     return dict(seeds=len(summaries), **{k: mean_std([s[k] for s in summaries]) for k in FIGURES},
                 **{f"{k}_ci": None if figures[k] is None else interval(figures[k][1]) for k in FIGURES},
                 **{k: mean_std([loss[k] for loss in losses]) for k in LOSS_METRICS},
                 final_scores={t: mean_std([s["final_scores"][t] for s in summaries]) for t in tasks},
                 final_ci={t: interval(final[:, j]) for j, t in enumerate(tasks)},
+                plasticity=gains and {t: [float(gains[0][j]), interval(gains[1][:, j])] for j, t in enumerate(tasks)},
                 trainable_params=summaries[0]["trainable_params"],
                 train_wall_s=mean_std([s["train_wall_s"] for s in summaries]),
                 peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
@@ -181,7 +189,7 @@ def recovery_cells(recovery: dict | None) -> list[str]:
 
 
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
-             seeds: list[str], reference: str = REFERENCE) -> str:
+             seeds: list[str], reference: str = REFERENCE, stages: int | None = None) -> str:
     head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "format drift only", *tasks, "final eval loss",
             "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
@@ -194,6 +202,8 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
              " recovery probe (a few steps on a few of its training samples from the final checkpoint) brings back,"
              " and the rest; format drift only: old tasks whose format compliance fell while their eval loss held"
              " (– : not probed).", "",
+             *([f"Cut short: every figure is that of the runs' first {stages} stages ({' → '.join(tasks)}), rebuilt"
+                " from their logs; no recovery probe ran on them.", ""] if stages else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
         cells = [method, *(format_score(row[k][0], row[f"{k}_ci"], k in signed) for k in FIGURES),
@@ -202,6 +212,7 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
                  *(cell(row[k]) for k in LOSS_METRICS),
                  f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += plasticity_lines(table, tasks)
     if differences:
         head = ["method", *(f"Δ{k}" for k in PAIRED)]
         lines += ["", f"## Paired differences from `{reference}`", "",
@@ -211,6 +222,18 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
         lines += ["| " + " | ".join([method, *(difference_cell(row[k]) for k in PAIRED)]) + " |"
                   for method, row in differences.items()]
     return "\n".join(lines) + "\n"
+
+
+def plasticity_lines(table: dict[str, dict], tasks: list[str]) -> list[str]:
+    """The table of each task's gain in its own stage, R[i][i] − base[i], per method (none for multi-task)."""
+    rows = [(method, row["plasticity"]) for method, row in table.items() if row["plasticity"]]
+    if not rows:
+        return []
+    return ["", "## Plasticity", "", "Each task's gain in its own stage, R[i][i] − base[i], mean over seeds [95 % "
+            "bootstrap interval over the test samples and seeds].", "", "| method | " + " | ".join(tasks) + " |",
+            "|" + "---|" * (len(tasks) + 1),
+            *("| " + " | ".join([method, *(format_score(*gains[t], sign=True) for t in tasks)]) + " |"
+              for method, gains in rows)]
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -265,6 +288,48 @@ def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path
     return out
 
 
+def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], name: str, preset: str, budget: dict,
+                probe: dict, jobs: int, no_recovery: bool, log_root: Path) -> None:
+    """Every (entry, seed) run in its own process, ``jobs`` at a time, then its recovery probe; finished ones are
+    reused, interrupted ones resume."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
+
+    def run_one(label: str, seed: str) -> None:
+        run = f"cmp_{name}_{label}_s{seed}"
+        fields = dict(budget, **entries[label], seed=seed, run_name=run)
+        argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
+                    *[a for k, v in fields.items() for a in (f"--{k}", v)]]
+        say(f"{label} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
+        command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
+        output = None if jobs == 1 else log_root / f"cmp_{name}_outputs" / f"{run}.log"  # side by side: a file each
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("w") if output is not None else contextlib.nullcontext() as out:
+            def call(command: list[str], what: str) -> None:
+                done = subprocess.run(command, cwd=ROOT, env=env, stdout=out,
+                                      stderr=None if out is None else subprocess.STDOUT)
+                if done.returncode:
+                    raise RuntimeError(f"{run} {what} failed (exit {done.returncode})"
+                                       + (f"; its output: {output}" if output else ""))
+
+            call(command_run, "run")
+            stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
+            if not no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
+                say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
+                call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
+                      *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")
+        say(f"{label} seed {seed}: done")
+
+    with ThreadPoolExecutor(jobs) as pool:  # seed-major: every entry's first seed comes first
+        futures = [pool.submit(run_one, label, s) for s in seeds for label in entries]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # a failed run stops the comparison (the running ones finish)
+            raise
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the demo preset on T1_general -> T2_math, 1 seed")
@@ -277,6 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default=None, help="the budget (default: study; --quick: demo)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores / jobs threads")
     parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
+    parser.add_argument("--stages", type=int, default=None,
+                        help="run nothing: the table of the runs' first K stages (the sequence of their first K "
+                             "tasks) from their logs as they are, for a comparison cut short (no recovery columns)")
     parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
                                                                    "illusory / real forgetting stay empty)")
     args, rest = parser.parse_known_args(argv)
@@ -290,55 +358,22 @@ def main(argv: list[str] | None = None) -> dict:
     name = args.name or ("quick" if args.quick else preset)
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // args.jobs)))
-
-    def run_one(label: str, seed: str) -> None:
-        run = f"cmp_{name}_{label}_s{seed}"
-        fields = dict(budget, **entries[label], seed=seed, run_name=run)
-        argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
-                    *[a for k, v in fields.items() for a in (f"--{k}", v)]]
-        say(f"{label} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
-        command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
-        output = None if args.jobs == 1 else log_root / f"cmp_{name}_outputs" / f"{run}.log"  # side by side: a file each
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("w") if output is not None else contextlib.nullcontext() as out:
-            def call(command: list[str], what: str) -> None:
-                done = subprocess.run(command, cwd=ROOT, env=env, stdout=out,
-                                      stderr=None if out is None else subprocess.STDOUT)
-                if done.returncode:
-                    raise RuntimeError(f"{run} {what} failed (exit {done.returncode})"
-                                       + (f"; its output: {output}" if output else ""))
-
-            call(command_run, "run")
-            stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
-            if not args.no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
-                say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
-                call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
-                      *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")
-        say(f"{label} seed {seed}: done")
-
-    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: every entry's first seed comes first
-        futures = [pool.submit(run_one, label, s) for s in seeds for label in entries]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # a failed run stops the comparison (the running ones finish)
-            raise
+    if args.stages is None:
+        run_entries(entries, seeds, name, preset, budget, probe, args.jobs, args.no_recovery, log_root)
     runs = {label: [log_root / f"cmp_{name}_{label}_s{s}" for s in seeds] for label in entries}
-    summaries = {label: [json.loads((d / "summary.json").read_text()) for d in dirs] for label, dirs in runs.items()}
+    summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]
     resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
     table = {label: dict(aggregate(summaries[label], scores[label], groups, resamples),
-                         recovery=recovery_figures(runs[label], summaries[label], resamples)) for label in entries}
+                         recovery=None if args.stages else recovery_figures(runs[label], summaries[label], resamples))
+             for label in entries}
     differences = paired_differences(scores, groups, resamples, args.reference)
     tasks = summaries[next(iter(entries))][0]["tasks"]
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
     command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
-    text = markdown(name, command, table, differences, tasks, seeds, args.reference)
+    text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages)
     (out / f"{name}.md").write_text(text)
     summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
                    table=table, reference=args.reference, paired_differences=differences)

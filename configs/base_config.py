@@ -28,7 +28,7 @@ class Config:
     tiny_random_model: bool = False  # replace the weights by a tiny random model of the same architecture (smoke tests); real tokenizer
     trust_remote_code: bool = False  # allow a hub model's own Python code to run; off unless you trust the model
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on a CPU with native bf16, AVX512-BF16/AMX; else fp32) | fp32 | bf16 | fp16
-    base_dtype: str = "auto"  # storage of the frozen base weights: auto (bf16 under bf16 autocast on CUDA, whose matmuls run in bf16 anyway: half the memory; else fp32) | fp32 | bf16 | fp16; adapters stay fp32
+    base_dtype: str = "auto"  # storage of the frozen base weights: auto (bf16 under bf16 autocast, CUDA or a native-bf16 CPU, whose matmuls run in bf16 anyway: half the memory, no per-matmul casts; else fp32) | fp32 | bf16 | fp16; adapters stay fp32
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N (under accelerate/torchrun: each process's own GPU)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, ~30 % more compute)
     load_in_4bit: bool = False  # QLoRA: the base model in 4-bit NF4 with double quantisation (CUDA + bitsandbytes); adapters stay fp32

@@ -20,6 +20,10 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (DualSpeed, SeqLoRA, Repl
                                                          FreezeOnly, Multitask)}
 
 
+def method_class(name: str) -> type[Method]:
+    """The class that runs ``--method name`` (every ablation of DS-LoRA + SLSD runs DualSpeed)."""
+    return DualSpeed if name in ABLATIONS else METHODS[name]
+
+
 def make_method(model, tokenizer, config, device, amp_dtype) -> Method:
-    cls = DualSpeed if config.method in ABLATIONS else METHODS[config.method]
-    return cls(model, tokenizer, config, device, amp_dtype)
+    return method_class(config.method)(model, tokenizer, config, device, amp_dtype)

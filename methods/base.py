@@ -46,7 +46,8 @@ class Method:
         """Put the method's adapters into the model."""
         raise NotImplementedError
 
-    def stages(self, tasks: list[str]) -> list[list[str]]:
+    @staticmethod
+    def stages(tasks: list[str]) -> list[list[str]]:
         """The training stages as lists of tasks: one task per stage (multi-task overrides)."""
         return [[task] for task in tasks]
 

@@ -64,5 +64,6 @@ class Multitask(SeqLoRA):
 
     name = "multitask"
 
-    def stages(self, tasks: list[str]) -> list[list[str]]:
+    @staticmethod
+    def stages(tasks: list[str]) -> list[list[str]]:
         return [list(tasks)]

@@ -134,13 +134,15 @@ def autocast_dtype(config, device: torch.device) -> torch.dtype | None:
 
 
 def base_dtype(config, device: torch.device) -> torch.dtype:
-    """The storage dtype of the frozen base weights. "auto": bf16 under bf16 autocast on CUDA (the matmuls run in
-    bf16 anyway, so this halves the weights' memory and drops autocast's per-step weight casts), else fp32 (fp16
-    autocast keeps an fp32 base: its residual stream stays in fp32, out of fp16's overflow range). Under FSDP or
-    DeepSpeed (accelerate launch sets ACCELERATE_USE_FSDP / _DEEPSPEED) "auto" is fp32: FSDP flattens base and
-    adapters into one tensor of one dtype, and both engines apply the mixed precision themselves."""
+    """The storage dtype of the frozen base weights. "auto": bf16 under bf16 autocast (on CUDA, and on a CPU with
+    native bf16 under precision auto): the matmuls run in bf16 anyway, so this halves the weights' memory and drops
+    autocast's per-matmul weight casts (on an AMX CPU, 2 threads: generation 1.72x fp32 against 1.37x with an fp32
+    base, training the same; bench/RESULTS.md); else fp32 (fp16 autocast keeps an fp32 base: its residual stream
+    stays in fp32, out of fp16's overflow range). Under FSDP or DeepSpeed (accelerate launch sets ACCELERATE_USE_FSDP
+    / _DEEPSPEED) "auto" is fp32: FSDP flattens base and adapters into one tensor of one dtype, and both engines
+    apply the mixed precision themselves."""
     if config.base_dtype != "auto":
         return DTYPES[config.base_dtype]
     engine_owns_precision = any(parse_flag_from_env(f"ACCELERATE_USE_{engine}") for engine in ("FSDP", "DEEPSPEED"))
-    bf16_on_cuda = device.type == "cuda" and autocast_dtype(config, device) == torch.bfloat16
-    return torch.bfloat16 if bf16_on_cuda and not engine_owns_precision else torch.float32
+    bf16_matmuls = autocast_dtype(config, device) == torch.bfloat16
+    return torch.bfloat16 if bf16_matmuls and not engine_owns_precision else torch.float32

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cl_metrics import continual_metrics, figures_with_ci, paired_difference, score_ci
+from cl_metrics import Bootstrap, continual_metrics, figures_with_ci, paired_difference, score_ci
 
 
 def test_metrics_on_a_hand_computed_matrix():
@@ -74,3 +74,18 @@ def test_paired_difference_is_zero_for_identical_methods_and_found_for_a_real_on
     assert difference > 0 and lo > 0  # the interval excludes 0
     with pytest.raises(ValueError, match="same seeds"):
         paired_difference(seeds[:2], seeds, groups, 1000)
+
+
+def test_plasticity_is_each_tasks_gain_in_its_own_stage():
+    # two tasks of 4 samples; rows: base, after stage 1, after stage 2
+    t1 = [[0, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]]  # gains 0.75 in its stage, then falls (not plasticity)
+    t2 = [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]  # base 0.25, R[1][1] = 1: gain 0.75; R[0][1] is transfer
+    groups = [[0] * 4, [0] * 4]
+    seeds = [[t1, t2], [t1, [[0, 0, 0, 0], t2[1], [1, 1, 0, 0]]]]  # seed 2: t2 base 0, R[1][1] 0.5: gain 0.5
+    gain, resampled = Bootstrap(groups, 200, seeds=2).plasticity(seeds)
+    assert gain == pytest.approx([0.75, 0.625])
+    assert resampled.shape == (200, 2) and np.all(resampled[:, 0] >= 0)
+    lo, hi = np.percentile(resampled[:, 1], [2.5, 97.5])
+    assert lo <= 0.625 <= hi and lo < hi  # the seeds differ: the interval has width
+    multitask = [[[0, 0, 0, 0], [1, 1, 1, 0]], [[1, 0, 0, 0], [1, 1, 0, 0]]]  # one stage for two tasks
+    assert Bootstrap(groups, 10).plasticity([multitask]) is None

@@ -3,6 +3,7 @@ from ds_lora_slsd, finished runs reused; plot_loss.py's per-stage smoothing."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare_methods  # noqa: E402
 from plot_loss import smooth, smooth_by_stage  # noqa: E402
+from sequential import summary_from_logs  # noqa: E402
 
 
 def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
@@ -51,6 +53,27 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     evaluated = {run: (run / "eval.jsonl").read_text() for run in logs.glob("cmp_t_*_s*")}
     assert compare_methods.main(argv)["AP"] == result["AP"]  # a second call reuses the finished runs
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+
+    # a finished run's summary rebuilds from its logs; --stages 1 runs nothing and scores the sequence of the first
+    # task alone (AP = R[0][0], no BWT), rebuilt from the same logs
+    for run in evaluated:
+        assert json.loads(json.dumps(summary_from_logs(run))) == json.loads((run / "summary.json").read_text())
+    cut = compare_methods.main([*argv, "--stages", "1"])
+    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+    table = json.loads((results / "t.json").read_text())["table"]
+    for label in table:
+        full = [json.loads((logs / f"cmp_t_{label}_s{seed}" / "summary.json").read_text()) for seed in (1, 2)]
+        assert cut["AP"][label] == pytest.approx(statistics.fmean(r["R"][0][0] for r in full))
+        assert set(table[label]["final_scores"]) == {"T2_math"} and table[label]["BWT"] == [None, None]
+        gain = statistics.fmean(r["R"][0][0] - r["base_scores"][0] for r in full)
+        assert table[label]["plasticity"]["T2_math"][0] == pytest.approx(gain)
+    assert "Cut short: every figure is that of the runs' first 1 stages (T2_math)" in (results / "t.md").read_text()
+    unfinished = tmp_path / "unfinished"  # a run stopped before its first stage was scored
+    shutil.copytree(logs / "cmp_t_seq_lora_s1", unfinished)
+    base_rows = [line for line in (unfinished / "eval.jsonl").read_text().splitlines() if '"stage": -1' in line]
+    (unfinished / "eval.jsonl").write_text("\n".join(base_rows) + "\n")
+    with pytest.raises(ValueError, match="has not reached stage 1 of its sequence: no stage 0 T2_math"):
+        summary_from_logs(unfinished, 1)
 
 
 def test_variants_parse_into_labelled_configs():

@@ -13,6 +13,7 @@ from transformers import set_seed
 import train_single_task
 from configs.base_config import build_config
 from models.ds_lora import DSLoRA
+from models import loading
 from models.loading import autocast_dtype, base_dtype, load_model
 from tests.conftest import FIXTURES
 from training import NonFiniteLossError, NonFiniteParametersError, supervised_loss, train_stage
@@ -54,13 +55,18 @@ def test_training_lowers_the_loss_on_repeated_data(tokenizer, tmp_path):
     assert sum(r["loss"] for r in rows[-5:]) / 5 < sum(r["loss"] for r in rows[:5]) / 5 - 0.1
 
 
-def test_base_dtype_follows_bf16_autocast_on_cuda_only(monkeypatch):
+def test_base_dtype_follows_bf16_autocast(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert base_dtype(build_config("default"), cpu) == torch.float32
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    assert base_dtype(build_config("default"), cpu) == torch.float32  # precision auto = fp32 on this CPU
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert base_dtype(build_config("default"), cpu) == torch.bfloat16  # a CPU with native bf16: bf16 autocast
+    assert base_dtype(build_config("default", overrides=dict(precision="bf16")), cpu) == torch.bfloat16
+    assert base_dtype(build_config("default", overrides=dict(precision="fp32")), cpu) == torch.float32
     assert base_dtype(build_config("default"), cuda) == torch.bfloat16  # precision auto = bf16 autocast on CUDA
     assert base_dtype(build_config("default", overrides=dict(precision="fp16")), cuda) == torch.float32
     assert base_dtype(build_config("default", overrides=dict(precision="fp32")), cuda) == torch.float32
-    assert base_dtype(build_config("default", overrides=dict(base_dtype="bf16")), cpu) == torch.bfloat16
+    assert base_dtype(build_config("default", overrides=dict(base_dtype="bf16", precision="fp32")), cpu) == torch.bfloat16
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP flattens base and adapters into one dtype
     assert base_dtype(build_config("default"), cuda) == torch.float32
 
