@@ -243,7 +243,13 @@ class Sequence:
         return summary
 
     def summary(self) -> dict:
+        """The run's summary so far (``summarize`` over every stage)."""
         return summarize(self.config, self.rows, self.stage_info, self.stages, self.log_dir)
+
+
+def scored_tasks(config: Config, stages: list[list[str]]) -> list[str]:
+    """The tasks trained in ``stages``, in the config's order."""
+    return [t for t in config.tasks if any(t in stage for stage in stages)]
 
 
 def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[str]], log_dir: Path) -> dict:
@@ -253,7 +259,7 @@ def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[st
     run's evaluation rows {(stage, task): row} and stage records {stage: row}. ``stages`` (the tasks of each stage)
     may be the first few of the run's: the summary is then that of the shorter sequence (its tasks only).
     A cell that was not evaluated (eval_scope needed: a task two or more stages ahead) is None in every matrix."""
-    tasks = [t for t in config.tasks if any(t in stage for stage in stages)]
+    tasks = scored_tasks(config, stages)
     last, indices = len(stages) - 1, range(len(stages))
     cell = lambda s, t: rows.get((s, t), {})  # noqa: E731
     matrix = lambda key, at: [[cell(s, t).get(key) for t in tasks] for s in at]  # noqa: E731
@@ -284,20 +290,24 @@ def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[st
 def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     """A run's summary rebuilt from its logs (config.json, eval.jsonl, stages.jsonl), of all its stages or of the
     first ``stages`` (a run stopped later still gives the sequence of its first tasks). Nothing is loaded or run.
-    Raises ValueError when an evaluation those stages need is missing."""
+    Raises FileNotFoundError (one line) when the run or an evaluation those stages need is missing, ValueError when
+    it has no such first stages (too few, or one stage of several tasks: multi-task)."""
     if not (log_dir / "config.json").is_file():
-        raise ValueError(f"{log_dir} holds no run (no config.json)")
-    config = Config(**json.loads((log_dir / "config.json").read_text()))
+        raise FileNotFoundError(f"{log_dir} holds no run (no config.json)")
+    saved = json.loads((log_dir / "config.json").read_text())
+    config = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
+    all_stages = method_class(config.method).stages(config.tasks)
+    if stages is not None and not (1 <= stages <= len(all_stages) and len(all_stages) == len(config.tasks)):
+        raise ValueError(f"{log_dir} ({config.method}) has {len(all_stages)} stage(s) for {len(config.tasks)} tasks: "
+                         f"no sequence of its first {stages} tasks")
+    kept = all_stages[:stages or len(all_stages)]
     rows = {(r["stage"], r["task"]): r for r in read_rows(log_dir / "eval.jsonl")}
     stage_info = {r["stage"]: r for r in read_rows(log_dir / "stages.jsonl")}
-    all_stages = method_class(config.method).stages(config.tasks)
-    kept = all_stages[:stages or len(all_stages)]
-    tasks = [t for t in config.tasks if any(t in stage for stage in kept)]
     last = len(kept) - 1
-    missing = [f"stage {s} {t}" for s in (-1, last) for t in tasks if (s, t) not in rows]
+    missing = [f"stage {s} {t}" for s in (-1, last) for t in scored_tasks(config, kept) if (s, t) not in rows]
     missing += [f"stage {s} record" for s in range(len(kept)) if s not in stage_info]
     if missing:
-        raise ValueError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
+        raise FileNotFoundError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
     return summarize(config, rows, stage_info, kept, log_dir)
 
 

@@ -34,9 +34,9 @@ from models.loading import cpu_has_native_bf16, load_model, load_tokenizer, pick
 from training import autocast, make_optimizer, supervised_loss  # noqa: E402
 from utils_data import read_jsonl, render, task_file  # noqa: E402
 
-# mode: (autocast dtype, storage of the frozen base). "bf16" is what `precision auto` runs on a CPU with native bf16
-# (autocast casts the fp32 base weights to bf16 at every matmul); "bf16_base" stores the frozen base in bf16 as well
-# (`--base_dtype bf16`: no per-matmul weight casts, half the weight memory), as `base_dtype auto` does on CUDA.
+# mode: (autocast dtype, storage of the frozen base). "bf16": autocast casts the fp32 base weights to bf16 at every
+# matmul; "bf16_base" stores the frozen base in bf16 as well (no per-matmul weight casts, half the weight memory):
+# what `precision auto` + `base_dtype auto` run on CUDA and on a CPU with native bf16.
 MODES = {"fp32": (None, "fp32"), "bf16": (torch.bfloat16, "fp32"), "bf16_base": (torch.bfloat16, "bf16")}
 
 
@@ -118,6 +118,7 @@ def main() -> None:
     new_tokens = {m: sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs[m]) for m in MODES}
     gen_tok_s = {m: new_tokens[m] / gen_s[m] for m in MODES}
     bf16_modes = [m for m in MODES if m != "fp32"]
+    loss_diff = {m: rel_diff(losses["fp32"], losses[m]) for m in bf16_modes}
     print(json.dumps(dict(
         bench="bf16", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         cpu_capability=torch.backends.cpu.get_cpu_capability(), native_bf16=cpu_has_native_bf16(),
@@ -126,13 +127,14 @@ def main() -> None:
         **{f"train_ratio_{m}": ratio(train_tok_s[m], train_tok_s["fp32"]) for m in bf16_modes},
         train_step_s={m: [round(t, 3) for t in times[m]] for m in MODES},
         losses={m: [round(v, 5) for v in losses[m]] for m in MODES},
-        **{f"loss_max_rel_diff_{m}": round(rel_diff(losses["fp32"], losses[m]), 5) for m in bf16_modes},
-        loss_within_tolerance={m: rel_diff(losses["fp32"], losses[m]) <= args.loss_rtol for m in bf16_modes},
+        **{f"loss_max_rel_diff_{m}": round(loss_diff[m], 5) for m in bf16_modes},
+        loss_within_tolerance={m: loss_diff[m] <= args.loss_rtol for m in bf16_modes},
         loss_rtol=args.loss_rtol,
         **{f"generate_tok_s_{m}": round(gen_tok_s[m], 1) for m in MODES},
         **{f"generate_ratio_{m}": ratio(gen_tok_s[m], gen_tok_s["fp32"]) for m in bf16_modes},
         same_outputs={m: sum(a == b for a, b in zip(outputs["fp32"], outputs[m])) / len(prompts) for m in bf16_modes},
         new_tokens=new_tokens, prompts=len(prompts), max_new_tokens=args.max_new_tokens)))
+
 
 if __name__ == "__main__":
     main()

@@ -2,15 +2,15 @@
 
     python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--variant LABEL:field=value,...]
                                     [--reference LABEL] [--seeds 42,43,44] [--jobs N] [--name NAME] [--preset study]
-                                    [--no_recovery] [--<config field> value ...]
+                                    [--no_recovery] [--stages K] [--<config field> value ...]
 
 Every (entry, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
 logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's); a finished run of the same config is
 reused, an interrupted one resumes, one of another config (older code defaults) is redone. Writes
-bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting and the final per-task scores, each the
-mean over seeds with its 95 % bootstrap interval; trainable parameters, training wall time and peak memory; each
-entry's paired difference from --reference in AP, BWT, LA and forgetting with its interval, marked where the interval
-excludes 0; bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs) and
+bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
+task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
+parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
+and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs) and
 <name>_paired.png (the paired differences). Probe fields (recovery_steps, recovery_samples) go to the probe, not to
 the runs, so changing them re-probes without retraining.
 
@@ -33,6 +33,9 @@ Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of
 (method ds_lora_slsd unless it names one) under its own label, so one command also runs a dose-response study:
   --methods ds_lora --reference ds_lora --variant lambda_0.1:kd_lambda=0.1 --variant lambda_1:kd_lambda=1.0
 Every entry is paired with --reference (default ds_lora_slsd) on the same samples and seeds.
+A comparison cut short (runs stopped after stage K, their checkpoints lost): ``--stages K`` runs nothing and
+builds the table of the runs' first K stages, the sequence of their first K tasks, from their logs
+(sequential.summary_from_logs).
 Runs go seed by seed (every method's first seed before any second seed), so an interrupted comparison already covers
 every method. --jobs N runs N at a time with cores / N threads each: on 2 cores one thread per run is 1.3x slower
 than two, so two runs side by side should finish ~1.5x the runs per hour; each run's output then goes to
@@ -203,7 +206,7 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
              " and the rest; format drift only: old tasks whose format compliance fell while their eval loss held"
              " (– : not probed).", "",
              *([f"Cut short: every figure is that of the runs' first {stages} stages ({' → '.join(tasks)}), rebuilt"
-                " from their logs; no recovery probe ran on them.", ""] if stages else []),
+                " from their logs; recovery not shown.", ""] if stages is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in table.items():
         cells = [method, *(format_score(row[k][0], row[f"{k}_ci"], k in signed) for k in FIGURES),
@@ -366,7 +369,8 @@ def main(argv: list[str] | None = None) -> dict:
     first = next(iter(runs.values()))[0]
     resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
     table = {label: dict(aggregate(summaries[label], scores[label], groups, resamples),
-                         recovery=None if args.stages else recovery_figures(runs[label], summaries[label], resamples))
+                         recovery=None if args.stages is not None else
+                         recovery_figures(runs[label], summaries[label], resamples))
              for label in entries}
     differences = paired_differences(scores, groups, resamples, args.reference)
     tasks = summaries[next(iter(entries))][0]["tasks"]
@@ -376,9 +380,11 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages)
     (out / f"{name}.md").write_text(text)
     summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
+                   stages=args.stages,
                    table=table, reference=args.reference, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
+    if args.stages is None:  # plot_comparison draws whole runs
+        plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
     plot_paired(differences, args.reference, out / f"{name}_paired.png")
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),

@@ -17,7 +17,7 @@ from plot_loss import smooth, smooth_by_stage  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
 
 
-def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
+def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
     logs, results = tmp_path / "logs", tmp_path / "results"
     # a variant (DS-LoRA + SLSD with one field changed) as the reference: its field reaches its runs
     argv = ["--preset", "smoke", "--methods", "seq_lora", "--variant", "kd2:kd_lambda=2", "--reference", "kd2",
@@ -58,6 +58,7 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     # task alone (AP = R[0][0], no BWT), rebuilt from the same logs
     for run in evaluated:
         assert json.loads(json.dumps(summary_from_logs(run))) == json.loads((run / "summary.json").read_text())
+    monkeypatch.setattr(compare_methods, "run_entries", lambda *a, **k: pytest.fail("--stages must run nothing"))
     cut = compare_methods.main([*argv, "--stages", "1"])
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
     table = json.loads((results / "t.json").read_text())["table"]
@@ -72,8 +73,11 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path):
     shutil.copytree(logs / "cmp_t_seq_lora_s1", unfinished)
     base_rows = [line for line in (unfinished / "eval.jsonl").read_text().splitlines() if '"stage": -1' in line]
     (unfinished / "eval.jsonl").write_text("\n".join(base_rows) + "\n")
-    with pytest.raises(ValueError, match="has not reached stage 1 of its sequence: no stage 0 T2_math"):
+    with pytest.raises(FileNotFoundError, match="has not reached stage 1 of its sequence: no stage 0 T2_math"):
         summary_from_logs(unfinished, 1)
+    for beyond in (0, 3):  # a sequence of two stages has no first 0 or 3
+        with pytest.raises(ValueError, match=f"has 2 stage\\(s\\) for 2 tasks: no sequence of its first {beyond}"):
+            summary_from_logs(logs / "cmp_t_seq_lora_s1", beyond)
 
 
 def test_variants_parse_into_labelled_configs():
@@ -115,3 +119,12 @@ def test_smoothed_loss_restarts_at_each_stage():
     assert smoothed[:3] == smooth([4.0, 3.0, 2.0])
     assert smoothed[3] == pytest.approx(9.0) and smoothed[3:] == smooth([9.0, 8.0])  # not dragged by stage 1's loss
     assert smooth_by_stage([dict(loss=1.0), dict(loss=3.0)]) == smooth([1.0, 3.0])  # no stage_step: one curve
+
+
+def test_a_multitask_run_has_no_first_stages(tmp_path):
+    from configs.base_config import build_config, save_config
+
+    save_config(build_config("smoke", overrides=dict(method="multitask", tasks="T2_math,T1_general")),
+                tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"\(multitask\) has 1 stage\(s\) for 2 tasks: no sequence of its first 1"):
+        summary_from_logs(tmp_path, 1)

@@ -12,8 +12,8 @@ from transformers import set_seed
 
 import train_single_task
 from configs.base_config import build_config
-from models.ds_lora import DSLoRA
 from models import loading
+from models.ds_lora import DSLoRA
 from models.loading import autocast_dtype, base_dtype, load_model
 from tests.conftest import FIXTURES
 from training import NonFiniteLossError, NonFiniteParametersError, supervised_loss, train_stage
@@ -66,7 +66,8 @@ def test_base_dtype_follows_bf16_autocast(monkeypatch):
     assert base_dtype(build_config("default"), cuda) == torch.bfloat16  # precision auto = bf16 autocast on CUDA
     assert base_dtype(build_config("default", overrides=dict(precision="fp16")), cuda) == torch.float32
     assert base_dtype(build_config("default", overrides=dict(precision="fp32")), cuda) == torch.float32
-    assert base_dtype(build_config("default", overrides=dict(base_dtype="bf16", precision="fp32")), cpu) == torch.bfloat16
+    explicit = build_config("default", overrides=dict(base_dtype="bf16", precision="fp32"))
+    assert base_dtype(explicit, cpu) == torch.bfloat16
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP flattens base and adapters into one dtype
     assert base_dtype(build_config("default"), cuda) == torch.float32
 
