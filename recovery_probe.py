@@ -35,8 +35,8 @@ keeps its final score as Rec (gain 0: whatever drop a resample draws counts as r
 the task, so it can also teach what was never known, and the illusory part is an upper bound; a control (the same
 probe from the base model, to see what a few steps teach from scratch) is not run here.
 
-Writes logs/<run>/recovery.jsonl (one row per probed task; resumable: a task that has a row of the same
-recovery_steps and recovery_samples is not probed again), recovery/<task>_train_loss.jsonl, recovery.json (the split
+Writes logs/<run>/recovery.jsonl (one row per probed task; resumable: a task that has a row of the same setting,
+every field the probe runs with, is not probed again), recovery/<task>_train_loss.jsonl, recovery.json (the split
 and the drift with their intervals) and recovery.png (per task: best, final and after-probe scores; the drop split
 into its illusory and real parts).
 """
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -102,10 +103,15 @@ def eval_rows(run: Path, tasks: list[str]) -> dict:
     return rows
 
 
-def read_probes(run: Path, steps: int, samples: int) -> dict[str, dict]:
+def probe_setting(config) -> str:
+    """A digest of every field the probe runs with (the run's config under the command line's fields: steps,
+    samples, learning rates, ...), so that a row of another setting is never taken for this one's."""
+    return hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_probes(run: Path, setting: str) -> dict[str, dict]:
     """The run's recovery.jsonl rows of this probe setting, {task: row}; rows of another setting stay unused."""
-    return {r["task"]: r for r in read_rows(run / "recovery.jsonl")
-            if (r["recovery_steps"], r["recovery_samples"]) == (steps, samples)}
+    return {r["task"]: r for r in read_rows(run / "recovery.jsonl") if r.get("setting") == setting}
 
 
 def probe_task(method: Method, task: str, index: int, checkpoint: Path, records: list[dict], steps: int,
@@ -179,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--tasks: {', '.join(sorted(set(chosen) - set(drop)))} is not an old task of the run "
                           f"(old tasks: {', '.join(drop)})")
     probes_path = run / "recovery.jsonl"
-    probes = read_probes(run, config.recovery_steps, config.recovery_samples)
+    setting = probe_setting(config)
+    probes = read_probes(run, setting)
     todo = [t for t in chosen if t not in probes]
     checkpoint = Path(config.checkpoint_dir) / run.name / f"stage_{len(tasks) - 1}_{Sequence.stage_name(tasks[-1:])}"
     say(f"{run.name}: {len(chosen)} task(s) to probe ({', '.join(chosen) or 'no old task fell'}), "
@@ -201,8 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         if summary["sample_groups"] != rows[(len(tasks) - 1, task)]["sample_groups"]:  # their count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
                               "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
-        probes[task] = dict(task=task, checkpoint=str(checkpoint), recovery_steps=config.recovery_steps,
-                            recovery_samples=config.recovery_samples, **summary)
+        probes[task] = dict(task=task, checkpoint=str(checkpoint), setting=setting,
+                            recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
         with probes_path.open("a") as handle:
             handle.write(json.dumps(probes[task]) + "\n")
         say(f"{task}: score best {best[index]:.3f}, final {R[-1, index]:.3f}, after the probe {summary['score']:.3f}")
@@ -216,8 +223,8 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict]) -> dict
     report = recovery_report([recovery_samples(rows, probes, tasks, len(tasks))], tasks, config.bootstrap_resamples)
     for task, entry in report["tasks"].items():
         entry["probed"] = task in probes
-    report = dict(run=run.name, method=config.method, recovery_steps=config.recovery_steps,
-                  recovery_samples=config.recovery_samples, **report)
+    report = dict(run=run.name, method=config.method, setting=probe_setting(config),
+                  recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **report)
     (run / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
     figure = plot_recovery(report, run / "recovery.png", f"{run.name}: {headline(report)}")
     say(f"{headline(report)}; format drift only: "

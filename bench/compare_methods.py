@@ -135,7 +135,7 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
     tasks, samples = summaries[0]["tasks"], []
     for run in runs:
         setting = json.loads((run / "recovery.json").read_text())  # the setting the probe ran with
-        probes = read_probes(run, setting["recovery_steps"], setting["recovery_samples"])
+        probes = read_probes(run, setting["setting"])
         samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks)))
     return recovery_report(samples, tasks, resamples)
 

@@ -154,6 +154,10 @@ def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_pa
     # T5 probed first in a fresh process equals T5 probed after T2's probe: each starts from the final checkpoint
     assert again["sample_nll"] == pytest.approx(first[1]["sample_nll"], rel=1e-6)
     assert again["sample_scores"] == first[1]["sample_scores"]
+    probed.clear()  # another learning rate is another probe setting: nothing of the first is reused
+    recovery_probe.main([*argv, "--lr_fast", "0.02"])
+    assert probed == ["T2_math", "T5_safety"]
+    assert json.loads((copy / "recovery.json").read_text())["setting"] != read_rows(copy / "recovery.jsonl")[0]["setting"]
 
 
 def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_run):
