@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -57,7 +56,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cl_metrics import best_earlier, format_score, recovery_report, recovery_samples  # noqa: E402
-from configs.base_config import ConfigError, add_config_arguments, field_help, parse_config  # noqa: E402
+from configs.base_config import (ConfigError, add_config_arguments, config_digest, field_help,  # noqa: E402
+                                 parse_config)
 from evaluation import select_samples  # noqa: E402
 from methods import make_method  # noqa: E402
 from methods.base import Method  # noqa: E402
@@ -103,14 +103,9 @@ def eval_rows(run: Path, tasks: list[str]) -> dict:
     return rows
 
 
-def probe_setting(config) -> str:
-    """A digest of every field the probe runs with (the run's config under the command line's fields: steps,
-    samples, learning rates, ...), so that a row of another setting is never taken for this one's."""
-    return hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
-
-
 def read_probes(run: Path, setting: str) -> dict[str, dict]:
-    """The run's recovery.jsonl rows of this probe setting, {task: row}; rows of another setting stay unused."""
+    """The run's recovery.jsonl rows of this probe setting (``config_digest`` of every field the probe ran with: the
+    run's config under the command line's fields), {task: row}; rows of another setting stay unused."""
     return {r["task"]: r for r in read_rows(run / "recovery.jsonl") if r.get("setting") == setting}
 
 
@@ -185,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--tasks: {', '.join(sorted(set(chosen) - set(drop)))} is not an old task of the run "
                           f"(old tasks: {', '.join(drop)})")
     probes_path = run / "recovery.jsonl"
-    setting = probe_setting(config)
+    setting = config_digest(config)
     probes = read_probes(run, setting)
     todo = [t for t in chosen if t not in probes]
     checkpoint = Path(config.checkpoint_dir) / run.name / f"stage_{len(tasks) - 1}_{Sequence.stage_name(tasks[-1:])}"
@@ -223,7 +218,7 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict]) -> dict
     report = recovery_report([recovery_samples(rows, probes, tasks, len(tasks))], tasks, config.bootstrap_resamples)
     for task, entry in report["tasks"].items():
         entry["probed"] = task in probes
-    report = dict(run=run.name, method=config.method, setting=probe_setting(config),
+    report = dict(run=run.name, method=config.method, setting=config_digest(config),
                   recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **report)
     (run / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
     figure = plot_recovery(report, run / "recovery.png", f"{run.name}: {headline(report)}")

@@ -17,7 +17,6 @@ uninterrupted run. Every checkpoint is written to a temporary folder and renamed
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import resource
 import shutil
@@ -28,7 +27,7 @@ import torch
 from transformers import set_seed
 
 from cl_metrics import figures_with_ci, format_score, run_samples
-from configs.base_config import Config, save_config
+from configs.base_config import Config, config_digest, save_config
 from distributed import make_accelerator, tracker_config
 from evaluation import CUTOFF_FLAG, select_samples
 from methods import make_method, method_class
@@ -45,8 +44,7 @@ def run_name(config: Config) -> str:
     """The config's run_name, else one derived from the config itself: the same command finds the same run."""
     if config.run_name:
         return config.run_name
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:8]
-    return f"seq_{config.method}_{digest}"
+    return f"seq_{config.method}_{config_digest(config, 8)}"
 
 
 def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:

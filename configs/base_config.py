@@ -7,6 +7,7 @@ overrides for one run. Every script calls :func:`parse_config`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import difflib
 import json
 import types
@@ -362,6 +363,11 @@ def parse_config(parser, argv: list[str] | None = None):
 
     sandbox.configure(config.sandbox_isolation)  # the isolation every code-task evaluation of this script runs under
     return args, config
+
+
+def config_digest(config: Config, length: int = 12) -> str:
+    """A short digest of every field's value: the same config, the same digest (run names, probe settings)."""
+    return hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:length]
 
 
 def save_config(config: Config, path: Path) -> None:
