@@ -65,7 +65,7 @@ from models.loading import autocast_dtype, load_model, load_tokenizer, pick_devi
 from plot_loss import error_bars  # noqa: E402
 from sequential import Sequence  # noqa: E402
 from training import train_stage  # noqa: E402
-from utils_data import SFTDataset, make_loader, read_rows, read_task, task_name  # noqa: E402
+from utils_data import SFTDataset, json_ready, make_loader, read_rows, read_task, task_name  # noqa: E402
 
 
 def say(line: str) -> None:
@@ -220,7 +220,7 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict]) -> dict
         entry["probed"] = task in probes
     report = dict(run=run.name, method=config.method, setting=config_digest(config),
                   recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **report)
-    (run / "recovery.json").write_text(json.dumps(report, indent=2) + "\n")
+    (run / "recovery.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
     figure = plot_recovery(report, run / "recovery.png", f"{run.name}: {headline(report)}")
     say(f"{headline(report)}; format drift only: "
         f"{', '.join(t for t, e in report['tasks'].items() if e['format_drift_only']) or 'none'}")

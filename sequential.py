@@ -33,7 +33,7 @@ from evaluation import CUTOFF_FLAG, select_samples
 from methods import make_method, method_class
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import check_finite_parameters, num_optimizer_steps, train_stage
-from utils_data import SFTDataset, read_rows, read_task, task_name
+from utils_data import SFTDataset, json_ready, read_rows, read_task, task_name
 
 
 class RunConflictError(RuntimeError):
@@ -236,7 +236,8 @@ class Sequence:
             self.evaluate_all(stage, self.stage_name(tasks))
         summary = self.summary()
         if self.main:
-            (self.log_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            text = json.dumps(json_ready(summary), indent=2, allow_nan=False)  # strict JSON: NaN as null
+            (self.log_dir / "summary.json").write_text(text + "\n")
         self.accelerator.end_training()
         return summary
 

@@ -118,6 +118,16 @@ def line_problem(err: Exception) -> str:
     return f"invalid JSON ({err.msg})" if isinstance(err, json.JSONDecodeError) else str(err)
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN or ±inf, e.g. a mean over a task with no supervised tokens) as None:
+    json.dumps would write NaN, which strict JSON readers reject."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """The JSON objects of a results file (logs, written splits); an absent file has none. A line that is not
     UTF-8 JSON raises DataFormatError("file:line: what is wrong")."""

@@ -10,8 +10,8 @@ reused, an interrupted one resumes, one of another config (older code defaults) 
 bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
-and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png (plot_loss.py's comparison of the first seed's runs) and
-<name>_paired.png (the paired differences). Probe fields (recovery_steps, recovery_samples) go to the probe, not to
+and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png
+(plot_loss.py's comparison of the first seed's runs) and <name>_paired.png (the paired differences). Probe fields (recovery_steps, recovery_samples) go to the probe, not to
 the runs, so changing them re-probes without retraining.
 
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
@@ -62,7 +62,7 @@ from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # n
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
-from utils_data import read_rows  # noqa: E402
+from utils_data import json_ready, read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
                    stages=args.stages,
                    table=table, reference=args.reference, paired_differences=differences)
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     if args.stages is None:  # plot_comparison draws whole runs
         plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
     plot_paired(differences, args.reference, out / f"{name}_paired.png")
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
                   **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED},
                   **{k: {m: row["recovery"] and row["recovery"][k] for m, row in table.items()} for k in RECOVERY})
-    print(json.dumps(result))
+    print(json.dumps(json_ready(result), allow_nan=False))
     return result
 
 

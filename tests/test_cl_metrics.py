@@ -89,3 +89,15 @@ def test_plasticity_is_each_tasks_gain_in_its_own_stage():
     assert lo <= 0.625 <= hi and lo < hi  # the seeds differ: the interval has width
     multitask = [[[0, 0, 0, 0], [1, 1, 1, 0]], [[1, 0, 0, 0], [1, 1, 0, 0]]]  # one stage for two tasks
     assert Bootstrap(groups, 10).plasticity([multitask]) is None
+
+
+def test_json_ready_writes_non_finite_figures_as_null():
+    import json
+
+    from utils_data import json_ready
+
+    figures = {"drift": [float("nan"), 0.5], "loss": np.float64("inf"), "nested": {"ci": (float("-inf"), 1.0)}, "n": 3}
+    ready = json_ready(figures)
+    assert ready == {"drift": [None, 0.5], "loss": None, "nested": {"ci": [None, 1.0]}, "n": 3}
+    assert json.loads(json.dumps(ready, allow_nan=False)) == ready  # strict JSON
+    assert json_ready(float("nan")) is None  # a bare NaN too
