@@ -51,11 +51,13 @@ bench: setup $(DATA)
 study: setup $(DATA)
 	$(PY) bench/compare_methods.py --jobs 2
 
-DOSE := --variant slsd:kd_lambda=0.5 --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
+# ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
+DOSE := --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
 	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8,probe_candidates=16 \
 	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
 dose: setup $(DATA)
-	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose --methods ds_lora --reference ds_lora $(DOSE)
+	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose --runs_of study --methods ds_lora,ds_lora_slsd \
+		--reference ds_lora $(DOSE)
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)

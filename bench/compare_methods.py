@@ -1,12 +1,13 @@
 """Side-by-side comparison of methods (and variants) × seeds on the same task sequence, model and step budget.
 
     python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--variant LABEL:field=value,...]
-                                    [--reference LABEL] [--seeds 42,43,44] [--jobs N] [--name NAME] [--preset study]
-                                    [--no_recovery] [--stages K] [--<config field> value ...]
+                                    [--reference LABEL] [--seeds 42,43,44] [--jobs N] [--name NAME] [--runs_of NAME]
+                                    [--preset study] [--no_recovery] [--stages K] [--<config field> value ...]
 
 Every (entry, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
-logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's); a finished run of the same config is
-reused, an interrupted one resumes, one of another config (older code defaults) is redone. Writes
+logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's, which may not be a method's; with
+``--runs_of OTHER`` in OTHER's folders, so that entries another comparison ran are reused); a finished run of the
+same config is reused, an interrupted one resumes, one of another config (older code defaults) is redone. Writes
 bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
@@ -260,7 +261,7 @@ def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
             label, fields = parse_variant(text)
         except ValueError as err:
             parser.error(str(err))
-        if label in entries:
+        if label in entries or label in METHOD_NAMES:  # a method's name labels that method's runs (--runs_of)
             parser.error(f"--variant {label}: the label is already taken")
         entries[label] = fields
     if args.reference not in entries:
@@ -291,20 +292,20 @@ def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path
     return out
 
 
-def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], name: str, preset: str, budget: dict,
+def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str, budget: dict,
                 probe: dict, jobs: int, no_recovery: bool, log_root: Path) -> None:
     """Every (entry, seed) run in its own process, ``jobs`` at a time, then its recovery probe; finished ones are
     reused, interrupted ones resume."""
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
 
     def run_one(label: str, seed: str) -> None:
-        run = f"cmp_{name}_{label}_s{seed}"
+        run = f"cmp_{runs_of}_{label}_s{seed}"
         fields = dict(budget, **entries[label], seed=seed, run_name=run)
         argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
                     *[a for k, v in fields.items() for a in (f"--{k}", v)]]
         say(f"{label} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
         command_run = [sys.executable, str(ROOT / "train_slsd_seq.py"), *argv_run]
-        output = None if jobs == 1 else log_root / f"cmp_{name}_outputs" / f"{run}.log"  # side by side: a file each
+        output = None if jobs == 1 else log_root / f"cmp_{runs_of}_outputs" / f"{run}.log"  # side by side: a file each
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w") if output is not None else contextlib.nullcontext() as out:
@@ -342,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference", default=REFERENCE, help="the entry every other one is paired with")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 42,43,44; --quick: 42)")
     parser.add_argument("--name", default=None, help="results name (default: quick or the preset's name)")
+    parser.add_argument("--runs_of", default=None, help="the comparison whose run folders to use (default: --name): "
+                                                       "entries it already ran are reused, not run again")
     parser.add_argument("--preset", default=None, help="the budget (default: study; --quick: demo)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each with cores / jobs threads")
     parser.add_argument("--results_dir", default=str(Path(__file__).parent / "results"), help="where the table goes")
@@ -359,11 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
         build_config(preset, overrides=dict(budget, **fields))
     seeds = (args.seeds or ("42" if args.quick else "42,43,44")).split(",")
     name = args.name or ("quick" if args.quick else preset)
+    runs_of = args.runs_of or name  # run folders logs/cmp_<runs_of>_<label>_s<seed>
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
     if args.stages is None:
-        run_entries(entries, seeds, name, preset, budget, probe, args.jobs, args.no_recovery, log_root)
-    runs = {label: [log_root / f"cmp_{name}_{label}_s{s}" for s in seeds] for label in entries}
+        run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root)
+    runs = {label: [log_root / f"cmp_{runs_of}_{label}_s{s}" for s in seeds] for label in entries}
     summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]

@@ -54,6 +54,12 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
     assert compare_methods.main(argv)["AP"] == result["AP"]  # a second call reuses the finished runs
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 
+    # --runs_of: another results name over the same run folders reuses them (nothing re-evaluated, no new folder)
+    other = [a if a != "t" else "t2" for a in argv[:argv.index("--name") + 2]] + argv[argv.index("--name") + 2:]
+    assert compare_methods.main([*other, "--runs_of", "t"])["AP"] == result["AP"]
+    assert (results / "t2.json").is_file() and not list(logs.glob("cmp_t2_*"))
+    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+
     # a finished run's summary rebuilds from its logs; --stages 1 runs nothing and scores the sequence of the first
     # task alone (AP = R[0][0], no BWT), rebuilt from the same logs
     for run in evaluated:
@@ -93,7 +99,10 @@ def test_a_reference_or_label_that_does_not_fit_stops_before_any_run(tmp_path, c
     base = ["--preset", "smoke", "--log_dir", str(tmp_path / "logs"), "--results_dir", str(tmp_path / "results")]
     for bad, message in ((["--methods", "seq_lora", "--reference", "ewc"], "--reference ewc is not among"),
                          (["--methods", "seq_lora", "--variant", "seq_lora:kd_lambda=1", "--reference", "seq_lora"],
-                          "label is already taken")):
+                          "label is already taken"),
+                         # a method's name labels that method's runs: a variant under it would replace them
+                         (["--methods", "seq_lora", "--variant", "ewc:kd_lambda=1", "--reference", "seq_lora"],
+                          "--variant ewc: the label is already taken")):
         with pytest.raises(SystemExit):
             compare_methods.main(base + bad)
         assert message in capsys.readouterr().err
