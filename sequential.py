@@ -297,8 +297,8 @@ def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     config = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
     all_stages = method_class(config.method).stages(config.tasks)
     if stages is not None and not (1 <= stages <= len(all_stages) and len(all_stages) == len(config.tasks)):
-        raise ConfigError(f"{log_dir} ({config.method}) has {len(all_stages)} stage(s) for {len(config.tasks)} tasks: "
-                         f"no sequence of its first {stages} tasks")
+        raise ConfigError(f"{log_dir} ({config.method}) has {len(all_stages)} stage(s) for {len(config.tasks)} "
+                          f"tasks: no sequence of its first {stages} tasks")
     kept = all_stages[:stages or len(all_stages)]
     rows = {(r["stage"], r["task"]): r for r in read_rows(log_dir / "eval.jsonl")}
     stage_info = {r["stage"]: r for r in read_rows(log_dir / "stages.jsonl")}

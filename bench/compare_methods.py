@@ -12,8 +12,8 @@ bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the f
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
 and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png
-(plot_loss.py's comparison of the first seed's runs) and <name>_paired.png (the paired differences). Probe fields (recovery_steps, recovery_samples) go to the probe, not to
-the runs, so changing them re-probes without retraining.
+(plot_loss.py's comparison of the first seed's runs) and <name>_paired.png (the paired differences). Probe fields
+(recovery_steps, recovery_samples) go to the probe, not to the runs, so changing them re-probes without retraining.
 
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
 (in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
