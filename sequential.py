@@ -27,7 +27,7 @@ import torch
 from transformers import set_seed
 
 from cl_metrics import figures_with_ci, format_score, run_samples
-from configs.base_config import Config, ConfigError, config_digest, save_config
+from configs.base_config import Config, ConfigError, build_config, config_digest, save_config
 from distributed import make_accelerator, tracker_config
 from evaluation import CUTOFF_FLAG, select_samples
 from methods import make_method, method_class
@@ -289,12 +289,11 @@ def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[st
 def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     """A run's summary rebuilt from its logs (config.json, eval.jsonl, stages.jsonl), of all its stages or of the
     first ``stages`` (a run stopped later still gives the sequence of its first tasks). Nothing is loaded or run.
-    Raises FileNotFoundError (one line) when the run or an evaluation those stages need is missing, ValueError when
-    it has no such first stages (ConfigError: too few, or one stage of several tasks: multi-task)."""
+    Raises FileNotFoundError when the run or an evaluation those stages need is missing, ConfigError when it has no
+    such first stages (too few, or one stage of several tasks: multi-task); both one line."""
     if not (log_dir / "config.json").is_file():
         raise FileNotFoundError(f"{log_dir} holds no run (no config.json)")
-    saved = json.loads((log_dir / "config.json").read_text())
-    config = Config(**{f.name: saved[f.name] for f in dataclasses.fields(Config) if f.name in saved})
+    config = build_config(config_file=str(log_dir / "config.json"))
     all_stages = method_class(config.method).stages(config.tasks)
     if stages is not None and not (1 <= stages <= len(all_stages) and len(all_stages) == len(config.tasks)):
         raise ConfigError(f"{log_dir} ({config.method}) has {len(all_stages)} stage(s) for {len(config.tasks)} "
