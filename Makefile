@@ -21,10 +21,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 $(MODEL): $(STAMP)
 	$(PY) -c "from models.loading import ensure_embedded_cache; ensure_embedded_cache('pretrained_models')"
 
-# T5 is written last by prepare_datasets.py, so its file stands for the whole data set.
+# T5 is written last by prepare_datasets.py, so its file stands for the whole data set; a changed task builder
+# rebuilds it.
 DATA := data/T5_safety/train.jsonl
 
-$(DATA): $(STAMP)
+$(DATA): $(STAMP) prepare_datasets.py $(wildcard tasks/*.py)
 	$(PY) prepare_datasets.py
 
 data: $(DATA)
@@ -42,6 +43,7 @@ test: setup
 bench: setup $(DATA)
 	$(PY) bench/bench_step.py
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_continuous.py
 	$(PY) bench/bench_bf16.py
 	$(PY) bench/bench_slsd.py
 	$(PY) bench/bench_memory.py

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from transformers import set_seed
 
-from evaluation import evaluate_tasks, generate, generation_budget, select_samples, summarise, warn_short_budgets
+from evaluation import Rows, evaluate_tasks, generate, generation_budget, select_samples, summarise, warn_short_budgets
 from metrics import score_sample
 from utils_data import read_task, render
 
@@ -104,3 +105,33 @@ def test_refusing_everything_scores_one_half():
                                 for r in records])
     assert right["score"] == 1.0 and right["score_ci"] == [1.0, 1.0]
     assert refuse["sample_groups"] == ["harmful"] * 3 + ["benign"] * 2
+
+
+@pytest.mark.parametrize("splicable", [True, False])
+def test_continuous_batching_refills_slots_without_changing_any_row(tiny_model, tokenizer, monkeypatch, splicable):
+    """Rows stop at their own budgets and waiting prompts take the freed slots mid-way; every completion still
+    equals the prompt's greedy tokens from model.generate alone, and the longest row alone sets the number of
+    decoding steps (a decoder that refilled only an empty batch would need its steps plus the late prompt's). A
+    cache that cannot be spliced (sliding-window layers) decodes batch after batch: same tokens, more steps."""
+    monkeypatch.setattr(Rows, "splicable", lambda self: splicable)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # large random weights: greedy tokens vary from step to step, so a slip would show
+        for p in tiny_model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    tiny_model.generation_config.eos_token_id = []
+    prompts = [render(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True)
+               for text in ("Tell me a long story about cats and dogs " * 3, "Hi", "Name a colour, any one you like.")]
+    budgets = [12, 3, 9]  # the longest prompt decodes 12 tokens; "Hi" joins when the colour prompt stops at 9
+    alone = []
+    for prompt, budget in zip(prompts, budgets):
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        out = tiny_model.generate(ids, max_new_tokens=budget, do_sample=False, eos_token_id=None, pad_token_id=0)
+        alone.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    assert len(set(tokenizer(alone[0])["input_ids"])) > 6  # not one repeated token
+    decoding_steps = [0]
+    tiny_model.register_forward_pre_hook(lambda *_: decoding_steps.__setitem__(0, decoding_steps[0] + 1))
+    texts, _, cut = generate(tiny_model, tokenizer, prompts, budgets, 2, CPU, None)
+    assert texts == alone and cut == [True, True, True]
+    # the first token of each row comes from its prefill; without splicing "Hi" waits for the first batch to end
+    assert decoding_steps[0] == budgets[0] - 1 + (0 if splicable else budgets[1] - 1)
