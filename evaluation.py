@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from cl_metrics import group_mean, score_ci
 from distributed import gather_indexed, shard
@@ -149,17 +149,13 @@ class Rows:
         self.mask = mask  # [rows, length]: 1 over each row's real tokens (prompt and generated), 0 over padding
         self.last = last  # [rows]: each row's latest generated token, the one it feeds next
 
-    def splicable(self) -> bool:
-        """Whether rows of other caches can join: every layer a plain full-attention DynamicLayer (a sliding-window
-        layer keeps only its window, so its length cannot be aligned by padding)."""
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows``, then drop the leading columns that are padding in every row kept."""
+    def keep(self, rows: list[int], trim: bool) -> None:
+        """Keep only ``rows``; with ``trim`` (a splicable cache), drop the leading columns that are padding in every
+        row kept."""
         select = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(select)
         self.index, self.mask, self.last = [self.index[r] for r in rows], self.mask[select], self.last[select]
-        if rows and self.splicable():
+        if rows and trim:
             first = int(self.mask.any(0).int().argmax())  # the first column some row uses
             self.mask = self.mask[:, first:]
             for layer in self.cache.layers:
@@ -175,6 +171,12 @@ class Rows:
         self.index += other.index
         self.mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
         self.last = torch.cat([self.last, other.last])
+
+
+def can_splice(model) -> bool:
+    """Whether caches of different rows can be joined: every layer of the model's cache a plain full-attention
+    DynamicLayer (a sliding-window layer keeps only its window, so its length cannot be aligned by padding)."""
+    return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
 def prefill(model, encoded: list[list[int]], references: list[Reference | None], chunk: list[int],
@@ -230,8 +232,11 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int | list[in
     whole budget, ``max_new_tokens`` — one for all or one per prompt — without a stop token).
 
     Continuous batching: up to ``batch_size`` rows decode together; a row leaves at a stop token or at its own
-    budget, and once a quarter of the slots are free (or all, for a cache that cannot be spliced) the next prompts,
-    longest first, are prefilled — each prefill also scores the prompts' references (``prefill``) — and join.
+    budget, and once a quarter of the slots are free the next prompts, longest first, are prefilled a quarter batch
+    at a time — each prefill also scores the prompts' references (``prefill``) — and join. Small prefills pad
+    little: on make run's final row, 15.5k padded prompt + reference tokens for 11.9k real ones, against 22.7k when
+    the first 32 prompts went in one forward. A cache that cannot be spliced (``can_splice``) decodes batch after
+    batch.
     """
     was_training = model.training
     model.eval()
@@ -242,13 +247,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int | list[in
     tokens: list[list[int]] = [[] for _ in prompts]
     losses: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
     stops, pad = set(stop_token_ids(tokenizer, model)), tokenizer.pad_token_id
-    rows, refill_at = None, max(1, batch_size // 4)
+    splice, quarter = can_splice(model), max(1, batch_size // 4)
+    rows, prefill_rows = None, quarter if splice else batch_size
     try:
         with tqdm(total=len(prompts), desc=desc, leave=False, dynamic_ncols=True) as bar:
             while waiting or rows is not None:
                 free = batch_size - (len(rows.index) if rows else 0)
-                if waiting and (rows is None or (free >= refill_at and rows.splicable())):
-                    chunk, waiting = waiting[:free], waiting[free:]
+                if waiting and (rows is None or (splice and free >= quarter)):
+                    take = min(free, prefill_rows)
+                    chunk, waiting = waiting[:take], waiting[take:]
                     stepped = prefill(model, encoded, references, chunk, device, amp_dtype, pad, losses)
                     if rows is None:
                         rows = stepped
@@ -263,7 +270,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int | list[in
                         if len(tokens[i]) < budgets[i] and tokens[i][-1] not in stops]
                 if len(live) < len(rows.index):  # selecting rows copies the cache: only when a row is done
                     bar.update(len(rows.index) - len(live))
-                    rows.keep(live)
+                    rows.keep(live, trim=splice)
                     rows = rows if live else None
     finally:
         model.train(was_training)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import set_seed
 
-from evaluation import Rows, evaluate_tasks, generate, generation_budget, select_samples, summarise, warn_short_budgets
+import evaluation
+from evaluation import evaluate_tasks, generate, generation_budget, select_samples, summarise, warn_short_budgets
 from metrics import score_sample
 from utils_data import read_task, render
 
@@ -113,7 +114,7 @@ def test_continuous_batching_refills_slots_without_changing_any_row(tiny_model, 
     equals the prompt's greedy tokens from model.generate alone, and the longest row alone sets the number of
     decoding steps (a decoder that refilled only an empty batch would need its steps plus the late prompt's). A
     cache that cannot be spliced (sliding-window layers) decodes batch after batch: same tokens, more steps."""
-    monkeypatch.setattr(Rows, "splicable", lambda self: splicable)
+    monkeypatch.setattr(evaluation, "can_splice", lambda model: splicable)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # large random weights: greedy tokens vary from step to step, so a slip would show
         for p in tiny_model.parameters():
