@@ -204,7 +204,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True,
                   lr_lora=5e-3, gorp_lr=1e-3, replay_per_task=4, ewc_batches=2, gorp_update_proj_gap=2),
     # `demo` (make run): DS-LoRA + SLSD over T1 -> T5 on a small fixed test subset (16 per task: one sample is
-    # 0.0625; intervals printed). 32 rows decode together (continuous batching): make run 18.2 min against 20.7 with
+    # 0.0625; intervals printed). 32 rows decode together (continuous batching): make run 13.4 min against 20.7 with
     # model.generate at 16, every answer identical (bench/RESULTS.md, issue 15 session 4).
     "demo": dict(EMBEDDED_BUDGET, max_eval_samples=16, eval_batch_size=32),
     # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task.
