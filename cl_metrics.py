@@ -19,11 +19,16 @@ Uncertainty: 95 % percentile bootstrap over the evaluated test samples. A task's
 of R (the base row and every stage: ``evaluation.select_samples``), so one resample draws sample indices per task and
 applies them to every row, and every figure is recomputed on that one draw (joint resampling: BWT keeps the pairing
 of R[T-1][i] with R[i][i] on the same samples). A task whose samples come in groups (T5: harmful / benign) scores
-the mean of its group means, and its draws are stratified: each group is resampled within itself. Hand-written with
+the mean of its group means, and its draws are stratified: each group is resampled within itself. Rows after the
+stages before the last may score a fixed subset of the samples (config.early_eval_samples): the samples they skip
+are NaN, each resample's cell is the mean over its drawn samples that the row scored, so R[i][i] and R[T-1][i] are
+paired on the subset they share and the interval widens by what the subset leaves out. Hand-written with
 numpy rather than scipy.stats.bootstrap, which resamples one statistic's arguments, not one draw shared by a whole
 matrix, several runs and their seeds.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -81,9 +86,13 @@ def forgetting_split(R, recovered) -> dict[str, np.ndarray]:
 
 
 def group_mean(scores, groups) -> np.ndarray | float:
-    """Mean of the group means over the last axis (the plain mean when every sample is in one group)."""
+    """Mean of the group means over the last axis (the plain mean when every sample is in one group). A NaN is a
+    sample that evaluation did not score (a subset, config.early_eval_samples): each mean is over the scored ones,
+    NaN where none is (a cell not evaluated)."""
     scores, groups = np.asarray(scores, dtype=float), np.asarray(groups)
-    means = np.mean([scores[..., groups == g].mean(-1) for g in np.unique(groups)], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a mean of no scored sample is NaN, as it should be
+        means = np.nanmean([np.nanmean(scores[..., groups == g], -1) for g in np.unique(groups)], axis=0)
     return float(means) if np.ndim(means) == 0 else means
 
 
@@ -99,9 +108,11 @@ def draw_samples(groups, resamples: int, rng: np.random.Generator) -> np.ndarray
 
 
 def interval(values) -> list[float]:
-    """The percentile interval [lo, hi] at CONFIDENCE of bootstrap values."""
+    """The percentile interval [lo, hi] at CONFIDENCE of bootstrap values. A NaN value is a resample that drew
+    none of the samples a subset row scored (config.early_eval_samples; with 50 of 100 samples about 1e-15 of
+    them): it is left out, i.e. the interval is conditioned on drawing at least one."""
     tail = 100 * (1 - CONFIDENCE) / 2
-    return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
+    return [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])]
 
 
 class Bootstrap:
@@ -193,9 +204,12 @@ class Bootstrap:
             point, resampled = [], []
             for i, draw in enumerate(self.samples[:-1]):
                 n, t, f = (np.asarray(values[i], dtype=float)[[i + 1, -1]] for values in run)  # own stage, last
+                both = ~np.isnan(n).any(0)  # the samples both rows scored (the own stage's may be a subset)
+                n, t, f = (np.where(both, v, 0.0) for v in (n, t, f))
                 for picked, out in ((slice(None), point), (draw, resampled)):  # all samples; each resample's draw
                     with np.errstate(invalid="ignore", divide="ignore"):  # no supervised token drawn: NaN
-                        loss, rate = n[:, picked].sum(-1) / t[:, picked].sum(-1), f[:, picked].mean(-1)
+                        loss = n[:, picked].sum(-1) / t[:, picked].sum(-1)
+                        rate = f[:, picked].sum(-1) / both[picked].sum(-1)
                     out.append(np.stack([loss[1] - loss[0], rate[1] - rate[0]]))  # last − own
             per_seed.append((np.stack(point, -1), np.stack(resampled, -1)))  # (2, tasks), (2, resamples, tasks)
         out = {}
@@ -208,10 +222,12 @@ def run_samples(rows: dict, tasks: list[str], stages: int, key: str = "sample_sc
     """From a run's evaluation rows {(stage, task): row} (stage -1: the base model): per task, the per-sample
     scores (or another per-sample list, ``key``) of every evaluation (base first, then each stage) and the samples'
     groups. A cell that was not evaluated (``eval_scope needed``: a task two or more stages ahead) is all NaN; no
-    figure reads such a cell."""
+    figure reads such a cell. A row that scored a subset (``sample_positions``) is NaN at the samples it skipped."""
     def scores(stage: int, task: str) -> list[float]:
-        row = rows.get((stage, task))
-        return row[key] if row else [float("nan")] * len(rows[(-1, task)][key])
+        row, values = rows.get((stage, task)), [float("nan")] * len(rows[(-1, task)][key])
+        for position, value in zip(row.get("sample_positions", range(len(values))), row[key]) if row else ():
+            values[position] = value
+        return values
 
     return ([[scores(s, t) for s in range(-1, stages)] for t in tasks],
             [rows[(-1, t)]["sample_groups"] for t in tasks])

@@ -32,8 +32,9 @@ BUDGET_SLACK = 0.25  # a task's budget: its longest reference answer + 25 % of i
 BUDGET_MIN_SLACK = 16  # ... and at least 16 tokens more (a correct answer may be worded longer than the reference)
 CUTOFF_FLAG = 0.5  # an evaluation whose share of cut-off answers exceeds this is flagged (mostly_cut_off)
 # The per-sample lists of a summary, in sample order (last in every row): score, stratum, format compliance (0/1),
-# summed NLL of the reference's supervised tokens and their count (0, 0 without a reference).
-SAMPLE_LISTS = ("sample_scores", "sample_groups", "sample_format", "sample_nll", "sample_tokens")
+# summed NLL of the reference's supervised tokens and their count (0, 0 without a reference); for a subset, each
+# sample's position in the whole evaluated set.
+SAMPLE_LISTS = ("sample_scores", "sample_groups", "sample_format", "sample_nll", "sample_tokens", "sample_positions")
 
 
 def prompt_messages(record: dict) -> list[dict]:
@@ -75,6 +76,13 @@ def select_samples(records: list[dict], n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
     chosen = [i for g, members in groups.items() for i in rng.permutation(members)[:take[g]]]
     return [records[i] for i in sorted(chosen)]
+
+
+def subset_positions(records: list[dict], n: int, seed: int) -> list[int]:
+    """The positions in ``records`` of ``select_samples(records, n, seed)``: a fixed stratified subset of an
+    evaluated set (config.early_eval_samples), the same for every method, seed and stage."""
+    chosen = {id(r) for r in select_samples(records, n, seed)}
+    return [i for i, r in enumerate(records) if id(r) in chosen]
 
 
 # ---- how long an answer may be ---------------------------------------------------------------------------------
@@ -312,9 +320,14 @@ def summarise(records: list[dict], results: list[dict], resamples: int = 1000) -
 
 
 def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config, device: torch.device,
-                   amp_dtype: torch.dtype | None, label: str, accelerator=None) -> dict[str, tuple[dict, list[dict]]]:
+                   amp_dtype: torch.dtype | None, label: str, accelerator=None,
+                   positions: dict[str, list[int]] | None = None) -> dict[str, tuple[dict, list[dict]]]:
     """Score several tasks' records with the model as it is: {task: (summary with score, score_ci, format_rate,
     eval_loss, cutoff_rate, max_new_tokens, ...; per-sample rows)}.
+
+    ``positions[task]`` (optional): score only those records of the task (a fixed subset, config.early_eval_samples);
+    the budget still comes from all of its records, so a subset's answers equal the whole set's on those samples,
+    and the summary keeps ``sample_positions`` to pair its per-sample lists with the whole set's.
 
     The prompts of all tasks go through one length-sorted ``generate`` call, each with its task's budget, so short
     prompts of different tasks share batches (fewer decoding passes than task by task). With several processes each
@@ -323,6 +336,9 @@ def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config
     budgets = {task: generation_budget(tokenizer, records, config.max_new_tokens, config.max_new_tokens_cap)
                for task, records in task_records.items()}
     warn_short_budgets(budgets)
+    positions = positions or {}
+    task_records = {task: [records[i] for i in positions[task]] if task in positions else records
+                    for task, records in task_records.items()}
     prompts = {task: [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
                for task, records in task_records.items()}
     items = [(task, r, p) for task in task_records for r, p in zip(task_records[task], prompts[task])]
@@ -350,8 +366,9 @@ def evaluate_tasks(model, tokenizer, task_records: dict[str, list[dict]], config
                        loss_samples=sum(c > 0 for _, c in losses), metric=records[0].get("metric", "exact_match"),
                        max_new_tokens=budget.tokens, reference_tokens=budget.reference_tokens,
                        budget_override=budget.override, mostly_cut_off=summary["cutoff_rate"] > CUTOFF_FLAG,
-                       sample_nll=[t for t, _ in losses], sample_tokens=[c for _, c in losses])
-        summary |= {key: summary.pop(key) for key in SAMPLE_LISTS}  # the long lists last
+                       sample_nll=[t for t, _ in losses], sample_tokens=[c for _, c in losses],
+                       **({"sample_positions": positions[task]} if task in positions else {}))
+        summary |= {key: summary.pop(key) for key in SAMPLE_LISTS if key in summary}  # the long lists last
         rows = [dict(id=r.get("id"), prompt=p, output=o, **res)
                 for r, p, o, res in zip(records, prompts[task], outputs, scored_task)]
         results[task] = (summary, rows)

@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from base_cache import base_key, load_base, store_base
 from cl_metrics import figures_with_ci, format_score, run_samples
 from configs.base_config import Config, ConfigError, build_config, config_digest, save_config
 from distributed import make_accelerator, tracker_config
-from evaluation import CUTOFF_FLAG, select_samples
+from evaluation import CUTOFF_FLAG, select_samples, subset_positions
 from methods import make_method, method_class
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
 from training import check_finite_parameters, num_optimizer_steps, train_stage
@@ -119,12 +120,25 @@ class Sequence:
 
     def evaluate_all(self, stage: int, label: str) -> None:
         """Score the tasks of ``eval_tasks(stage)`` that have no row yet and append one eval.jsonl row per task;
-        tasks that the method evaluates with the same weights share generation batches."""
+        tasks that the method evaluates with the same weights share generation batches. After a stage before the
+        last, ``early_eval_samples`` (when set) of each task's samples are scored: a fixed subset of the same ones.
+        With ``shared_base_dir``, a base row stored by an earlier run of the same evaluation is reused
+        (base_cache.py) and a new one is stored."""
         config = self.config
         records = {task: select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
                                         config.max_eval_samples, config.eval_subset_seed)
                    for task in self.eval_tasks(stage) if (stage, task) not in self.rows}
-        results = self.method.evaluate(records, label, self.accelerator) if records else {}
+        early = config.early_eval_samples and 0 <= stage < len(self.stages) - 1
+        positions = {task: subset_positions(rows, config.early_eval_samples, config.eval_subset_seed)
+                     for task, rows in records.items()} if early else None
+        keys = {task: base_key(config, task, rows, self.device) for task, rows in records.items()
+                if stage < 0 and config.shared_base_dir}
+        results = {task: stored for task, key in keys.items() if (stored := load_base(config, task, key))}
+        todo = {task: rows for task, rows in records.items() if task not in results}
+        results |= self.method.evaluate(todo, label, self.accelerator, positions) if todo else {}
+        if self.main:
+            for task in keys.keys() & todo.keys():
+                store_base(config, task, keys[task], *results[task])
         for task, (summary, samples) in results.items():
             row = dict(stage=stage, stage_name=label, task=task, **summary)
             self.rows[(stage, task)] = row
@@ -279,7 +293,8 @@ def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[st
                 reference_tokens=matrix("reference_tokens", [-1])[0],
                 budget_override=config.max_new_tokens > 0, mostly_cut_off=cut_off, final_refusal_rates=rates,
                 final_scores=dict(zip(tasks, R[-1])), final_ci=dict(zip(tasks, matrix("score_ci", indices)[-1])),
-                samples=matrix("samples", [-1])[0], stages=[stage_info[s] for s in indices],
+                samples=matrix("samples", [-1])[0], early_samples=config.early_eval_samples,
+                stages=[stage_info[s] for s in indices],
                 trainable_params=stage_info[last].get("trainable_params"),
                 peak_memory_mb=max(stage_info[s]["peak_memory_mb"] for s in indices),
                 train_wall_s=round(sum(stage_info[s]["wall_s"] for s in indices), 1),
@@ -325,8 +340,9 @@ def format_summary(summary: dict) -> str:
     figures = "  ".join(f"{k} {format_score(summary[k], summary[f'{k}_ci'], sign=k != 'AP' and k != 'LA')}"
                         for k in ("AP", "LA", "BWT", "FWT", "forgetting"))
     wall = sum(s["wall_s"] for s in summary["stages"])
+    early = f", a fixed {summary['early_samples']} of them before the last stage" if summary.get("early_samples") else ""
     lines += ["", f"{figures}   (95 % bootstrap intervals over {min(summary['samples'])}-{max(summary['samples'])} "
-                  f"samples per task; training wall time {wall:.0f} s)"]
+                  f"samples per task{early}; training wall time {wall:.0f} s)"]
     for task, rates in summary["final_refusal_rates"].items():
         lines.append(f"{task} after the last stage: refusal rate (harmful) "
                      f"{format_score(rates['refusal_rate'], rates['refusal_rate_ci'])}, over-refusal rate (benign) "

@@ -28,7 +28,9 @@ noise, and a difference is paired on both.
 
 Budgets (presets of configs/base_config.py; any field can be overridden on the command line):
   --preset study (default)  the study budget: 12 steps x 4 per task at 20x the method's learning rates, 100 test
-                            samples per task, only the cells the figures read (eval_scope needed); 3 seeds
+                            samples per task after the last stage and a fixed 50 of them before it, only the
+                            cells the figures read (eval_scope needed), one base row shared by every run
+                            (logs/base_rows); 3 seeds
   --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
 Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
 (method ds_lora_slsd unless it names one) under its own label, so one command also runs a dose-response study:

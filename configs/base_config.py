@@ -71,6 +71,8 @@ class Config:
     bootstrap_resamples: int = 1000  # bootstrap resamples behind every 95 % confidence interval (scores, AP/LA/BWT/FWT/forgetting)
     merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory); SLSD's teacher pass runs the same way (slsd.py)
     eval_split: str = "test"  # split that evaluate.py and the sequential evaluation score
+    early_eval_samples: int = 0  # evaluations after every stage but the last score only this many of each task's evaluated subset (a stratified subset of the same samples; 0 = all); generation budgets stay the whole subset's, and the bootstrap pairs what both rows scored (cl_metrics.py)
+    shared_base_dir: str = ""  # folder of base-model evaluation rows shared by runs: a run whose base evaluation of a task would be the same (model, numerics, samples, budgets, evaluation code: base_cache.py) reuses the stored one; empty = every run scores its own
     eval_scope: str = "all"  # sequential evaluation after each stage: all (every task) | needed (the tasks trained so far and the next one: R[l][i] for i <= l + 1, all that AP / LA / BWT / FWT / forgetting read; the base row stays whole)
     recovery_steps: int = 5  # recovery probe (recovery_probe.py): optimizer steps on an old task's training samples from the final checkpoint
     recovery_samples: int = 16  # recovery probe: training samples of the old task it trains on (the first ones of its training split, in a fixed seeded order)
@@ -160,6 +162,7 @@ class Config:
             ("max_nonfinite_in_row", self.max_nonfinite_in_row >= 1, "must be >= 1"),
             ("sandbox_isolation", self.sandbox_isolation in ("full", "weak"), "must be full or weak"),
             ("max_eval_samples", self.max_eval_samples >= 0, "must be >= 0"),
+            ("early_eval_samples", self.early_eval_samples >= 0, "must be >= 0 (0 = the whole evaluated subset)"),
             ("eval_scope", self.eval_scope in ("all", "needed"), "must be all or needed"),
             ("recovery_steps", self.recovery_steps >= 1, "must be >= 1"),
             ("recovery_samples", self.recovery_samples >= 1, "must be >= 1"),
@@ -207,8 +210,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0.0625; intervals printed). 32 rows decode together (continuous batching): make run 13.4 min against 20.7 with
     # model.generate at 16, every answer identical (bench/RESULTS.md, issue 15 session 4).
     "demo": dict(EMBEDDED_BUDGET, max_eval_samples=16, eval_batch_size=32),
-    # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task.
-    "study": dict(EMBEDDED_BUDGET, max_eval_samples=100, eval_batch_size=25, export_peft=False),
+    # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task in
+    # the last evaluation and a fixed 50 of them after the stages before (which only LA / BWT / FWT / forgetting
+    # read): 1200 scored answers a run instead of 1900; one base row for every run (logs/base_rows).
+    "study": dict(EMBEDDED_BUDGET, max_eval_samples=100, early_eval_samples=50, eval_batch_size=32,
+                  shared_base_dir="logs/base_rows", export_peft=False),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,

@@ -134,9 +134,11 @@ class Method:
         self.model.save_pretrained(folder, state_dict=state)
         self.tokenizer.save_pretrained(folder)
 
-    def evaluate(self, records: dict[str, list[dict]], label: str, accelerator=None) -> dict[str, tuple[dict, list[dict]]]:
-        """evaluate_tasks under this method's inference rule; tasks that share an eval key are scored in one group
-        (shared generation batches). The one evaluation path of the engine and evaluate.py."""
+    def evaluate(self, records: dict[str, list[dict]], label: str, accelerator=None,
+                 positions: dict[str, list[int]] | None = None) -> dict[str, tuple[dict, list[dict]]]:
+        """evaluate_tasks under this method's inference rule (``positions``: a subset of a task's records, as
+        there); tasks that share an eval key are scored in one group (shared generation batches). The one
+        evaluation path of the engine and evaluate.py."""
         from evaluation import evaluate_tasks
 
         groups: dict[str, list[str]] = {}
@@ -146,7 +148,8 @@ class Method:
         for key, group in groups.items():
             with self.inference(key):
                 results.update(evaluate_tasks(self.model, self.tokenizer, {t: records[t] for t in group}, self.config,
-                                              self.device, self.amp_dtype, label, accelerator))
+                                              self.device, self.amp_dtype, label, accelerator,
+                                              positions and {t: positions[t] for t in group if t in positions}))
         return results
 
     # ---- state across stages ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cl_metrics import Bootstrap, continual_metrics, figures_with_ci, paired_difference, score_ci
+from cl_metrics import Bootstrap, continual_metrics, figures_with_ci, interval, paired_difference, score_ci
 
 
 def test_metrics_on_a_hand_computed_matrix():
@@ -101,3 +101,41 @@ def test_json_ready_writes_non_finite_figures_as_null():
     assert ready == {"drift": [None, 0.5], "loss": None, "nested": {"ci": [None, 1.0]}, "n": 3}
     assert json.loads(json.dumps(ready, allow_nan=False)) == ready  # strict JSON
     assert json_ready(float("nan")) is None  # a bare NaN too
+
+
+def subset_rows() -> dict:
+    """Two tasks, four samples each; the row after stage 0 scored a subset (positions 0 and 2) of each."""
+    full = dict(sample_groups=[""] * 4, sample_nll=[1.0] * 4, sample_tokens=[1] * 4, sample_format=[1] * 4)
+    return {(-1, "a"): dict(full, sample_scores=[0, 0, 0, 0]), (-1, "b"): dict(full, sample_scores=[0, 0, 0, 0]),
+            (0, "a"): dict(full, sample_scores=[1, 1], sample_positions=[0, 2], sample_nll=[1.0, 1.0],
+                           sample_tokens=[1, 1], sample_format=[1, 1]),
+            (0, "b"): dict(full, sample_scores=[1, 0], sample_positions=[0, 2], sample_nll=[1.0, 1.0],
+                           sample_tokens=[1, 1], sample_format=[1, 1]),
+            (1, "a"): dict(full, sample_scores=[0, 0, 1, 0], sample_nll=[1.0, 9.0, 1.0, 9.0],
+                           sample_format=[1, 0, 1, 0]),
+            (1, "b"): dict(full, sample_scores=[1, 1, 1, 1])}
+
+
+def test_a_subset_row_is_scattered_to_its_positions_and_scored_on_them():
+    """config.early_eval_samples: R[0][a] is the mean of the two samples it scored (1.0), not of four with the
+    skipped ones as 0 (0.5); BWT and forgetting compare it with the final row's mean over all four (0.25)."""
+    from cl_metrics import run_samples
+
+    scores, groups = run_samples(subset_rows(), ["a", "b"], 2)
+    assert np.isnan(scores[0][1][1]) and np.isnan(scores[0][1][3]) and scores[0][1][2] == 1
+    figures = Bootstrap(groups, 200).figures([scores])
+    assert figures["BWT"][0] == pytest.approx(0.25 - 1.0)
+    assert figures["forgetting"][0] == pytest.approx(1.0 - 0.25)
+    assert figures["LA"][0] == pytest.approx((1.0 + 1.0) / 2)  # R[0][a] = 1 on its subset; R[1][b] = 1
+    assert np.isfinite(interval(figures["BWT"][1])).all()  # resamples that drew no subset sample are left out
+
+
+def test_drift_compares_only_the_samples_both_rows_scored():
+    """Samples 1 and 3 (nll 9, format 0 in the final row) were not scored in a's own stage: the drift leaves them
+    out, so a's eval loss and format held (0 change) on the samples the two rows share."""
+    from cl_metrics import recovery_samples
+
+    inputs = recovery_samples(subset_rows(), {}, ["a", "b"], 2)
+    drift = Bootstrap(inputs["groups"], 200).drift([inputs["nll"]], [inputs["tokens"]], [inputs["formats"]])
+    assert drift["delta_loss"][0][0] == pytest.approx(0.0) and drift["delta_format"][0][0] == pytest.approx(0.0)
+    assert np.isfinite(interval(drift["delta_loss"][1][:, 0])).all()
