@@ -1,16 +1,17 @@
 """Base-model evaluation rows shared by runs (config.shared_base_dir).
 
 Every run of a sequence scores the base model on every task before its first stage, and every method starts from
-the same base model (its adapters contribute exactly 0 before training), so a comparison of methods × seeds would
-score the same row again for each run. With ``shared_base_dir`` set, a task's base row is stored once under a key
-that names everything it depends on, and a run whose key matches reuses it: the same answers, scores and losses,
-one evaluation instead of one per run (and on a GPU, where bf16 kernels differ between processes, one base row
-for every run instead of rows that differ in the last digit).
+the same base model (its adapters contribute exactly 0 before training: tests/test_eval_subset.py checks all of
+them), so a comparison of methods × seeds would score the same row again for each run. With ``shared_base_dir``
+set, a task's base row is stored once under a key that names everything it depends on, and a run whose key matches
+reuses it: the same answers, scores and losses, one evaluation instead of one per run (and on a GPU, where bf16
+kernels differ between processes, one base row for every run instead of rows that differ in the last digit).
 
-    key = sha1(the evaluation fields of KEY_FIELDS, the device type, torch and transformers versions,
-               the source of the evaluation code (CODE_FILES), the evaluated records themselves)
+    key = sha1(the config fields of KEY_FIELDS, the run's numerics and layout (device type, autocast and weight
+               dtypes, processes, the tasks generated together with this one), torch and transformers versions,
+               the model folder's files (names, sizes, times), the evaluation code (SOURCE), the evaluated records)
 
-A changed field, sample, library or metric gives another key, so a stale row is never reused.
+Any change of code, library, weights, samples or evaluation field gives another key: a stale row is not reused.
 """
 from __future__ import annotations
 
@@ -22,26 +23,39 @@ from pathlib import Path
 import torch
 import transformers
 
-from utils_data import task_name
+from models.loading import resolve_model_path
+from utils_data import json_ready, task_name
 
 ROOT = Path(__file__).resolve().parent
-# Config fields a base-model evaluation depends on (the model, its numerics, which samples, how answers are
-# generated and scored). Training and method fields are not among them: the adapters are still 0.
+# Config fields a base-model evaluation depends on (the model, which samples, how answers are generated and
+# scored). Training and method fields are not among them: the adapters are still 0.
 KEY_FIELDS = ("model_name", "tiny_random_model", "precision", "base_dtype", "load_in_4bit", "max_seq_len",
               "eval_split", "max_eval_samples", "eval_subset_seed", "eval_batch_size", "max_new_tokens",
               "max_new_tokens_cap", "bootstrap_resamples", "merge_for_eval", "sandbox_isolation")
-CODE_FILES = ("evaluation.py", "metrics.py", "sandbox.py", "sandbox_harness.py", "models/loading.py")
+# The code an evaluation runs through: data rendering, generation, metrics and the T3 sandbox, intervals, the
+# model and the methods' inference rules (not the training loop or the scripts, which a base row never reaches).
+SOURCE = ("evaluation.py", "metrics.py", "sandbox.py", "sandbox_harness.py", "utils_data.py", "training.py",
+          "cl_metrics.py", "distributed.py", "models/*.py", "methods/*.py", "tasks/*.py")
 
 
-def base_key(config, task: str, records: list[dict], device: torch.device) -> str:
-    """The digest under which ``task``'s base row with these evaluated ``records`` is stored."""
+def model_files(config) -> list:
+    """(name, size, modification time) of each file of the model's local folder; a hub id is its name alone."""
+    path = Path(resolve_model_path(config.model_name, config.model_cache_dir))
+    if config.tiny_random_model or not path.is_dir():
+        return []
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+
+
+def base_key(config, records: list[dict], layout: dict) -> str:
+    """The digest under which a task's base row with these evaluated ``records`` is stored; ``layout``: how the run
+    evaluates (device type, dtypes, processes, the tasks in the same generation call)."""
     fields = {k: getattr(config, k) for k in KEY_FIELDS}
     if config.tiny_random_model:  # its random weights come from the run's seed
         fields["seed"] = config.seed
-    digest = hashlib.sha1(json.dumps([fields, device.type, torch.__version__, transformers.__version__],
-                                     sort_keys=True).encode())
-    for name in CODE_FILES:
-        digest.update((ROOT / name).read_bytes())
+    digest = hashlib.sha1(json.dumps([fields, layout, torch.__version__, transformers.__version__, model_files(config)],
+                                     sort_keys=True, default=str).encode())
+    for path in sorted(p for pattern in SOURCE for p in ROOT.glob(pattern)):
+        digest.update(path.read_bytes())
     digest.update(json.dumps(records, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
 
@@ -64,5 +78,5 @@ def store_base(config, task: str, key: str, summary: dict, samples: list[dict]) 
     path = base_path(config, task, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs storing the same row at once do not mix
-    tmp.write_text(json.dumps(dict(summary=summary, samples=samples), ensure_ascii=False))
+    tmp.write_text(json.dumps(json_ready(dict(summary=summary, samples=samples)), ensure_ascii=False, allow_nan=False))
     tmp.replace(path)

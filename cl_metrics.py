@@ -21,8 +21,10 @@ applies them to every row, and every figure is recomputed on that one draw (join
 of R[T-1][i] with R[i][i] on the same samples). A task whose samples come in groups (T5: harmful / benign) scores
 the mean of its group means, and its draws are stratified: each group is resampled within itself. Rows after the
 stages before the last may score a fixed subset of the samples (config.early_eval_samples): the samples they skip
-are NaN, each resample's cell is the mean over its drawn samples that the row scored, so R[i][i] and R[T-1][i] are
-paired on the subset they share and the interval widens by what the subset leaves out. Hand-written with
+are NaN and each cell is the mean over the (drawn) samples its row scored. A figure that compares two evaluations of
+a task (BWT, FWT, forgetting, plasticity, the recovery split) reads every row of the task on the samples all of them
+scored (``shared_samples``), so R[T-1][i] − R[i][i] stays paired sample by sample; AP, LA and the final scores read
+each row on all its samples. Hand-written with
 numpy rather than scipy.stats.bootstrap, which resamples one statistic's arguments, not one draw shared by a whole
 matrix, several runs and their seeds.
 """
@@ -33,6 +35,7 @@ import warnings
 import numpy as np
 
 FIGURES = ("AP", "LA", "BWT", "FWT", "forgetting")
+COMPARING = ("BWT", "FWT", "forgetting")  # figures that compare two evaluations of a task: read on their shared samples
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0  # fixed: the same per-sample scores always give the same interval
 LOSS_TOLERANCE = 0.02  # nats per token: a rise of the eval loss below this (perplexity × 1.02) counts as steady
@@ -92,8 +95,31 @@ def group_mean(scores, groups) -> np.ndarray | float:
     scores, groups = np.asarray(scores, dtype=float), np.asarray(groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a mean of no scored sample is NaN, as it should be
-        means = np.nanmean([np.nanmean(scores[..., groups == g], -1) for g in np.unique(groups)], axis=0)
+        means = np.mean([np.nanmean(scores[..., groups == g], -1) for g in np.unique(groups)], axis=0)
     return float(means) if np.ndim(means) == 0 else means
+
+
+def shared_samples(scores) -> np.ndarray:
+    """A task's per-sample rows (evaluations × samples) kept only at the samples that every evaluation which scored
+    any of them scored, NaN elsewhere: what a figure comparing two evaluations of the task reads, so that a subset
+    row (config.early_eval_samples) is compared with the whole rows on its own samples, paired. A row that scored
+    none (a cell not evaluated) narrows nothing."""
+    scores = np.asarray(scores, dtype=float)
+    scored = ~np.isnan(scores)
+    return np.where(scored[scored.any(-1)].all(0), scores, np.nan)
+
+
+def shared_losses(nll: list, tokens: list) -> np.ndarray:
+    """Token-weighted eval loss Σ nll / Σ tokens of each task's evaluations (evaluations × tasks; per task, its
+    per-sample rows of summed NLL and supervised-token counts) over the samples all of them scored
+    (``shared_samples``); NaN for a cell not evaluated."""
+    losses = []
+    for task_nll, task_tokens in zip(nll, tokens):
+        task_nll = shared_samples(task_nll)
+        task_tokens = np.where(np.isnan(task_nll), 0.0, np.asarray(task_tokens, dtype=float))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            losses.append(np.nansum(task_nll, -1) / task_tokens.sum(-1))
+    return np.stack(losses, -1)
 
 
 def draw_samples(groups, resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,8 +156,10 @@ class Bootstrap:
         self.samples = [draw_samples(g, resamples, rng) for g in self.groups]
         self.seeds = rng.integers(0, seeds, (resamples, seeds))  # per resample, the seeds drawn with replacement
 
-    def matrix(self, scores: list) -> tuple[np.ndarray, np.ndarray]:
-        """The run's score matrix (rows × tasks) and its resamples (resamples × rows × tasks)."""
+    def matrix(self, scores: list, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The run's score matrix (rows × tasks) and its resamples (resamples × rows × tasks); ``shared``: each
+        task's cells on the samples all its evaluations scored (``shared_samples``)."""
+        scores = [shared_samples(s) for s in scores] if shared else scores
         point = np.stack([group_mean(s, g) for s, g in zip(scores, self.groups)], -1)
         resampled = np.stack([group_mean(np.asarray(s, dtype=float)[:, draw], g)  # (rows, resamples) per task
                               for s, g, draw in zip(scores, self.groups, self.samples)], -1)
@@ -151,21 +179,25 @@ class Bootstrap:
     def plasticity(self, runs: list[list]) -> tuple[np.ndarray, np.ndarray] | None:
         """Each task's gain in its own stage, R[i][i] − base[i], seed-mean (tasks,) and its resamples (resamples,
         tasks); None unless the run has one stage per task (multi-task has no stage of its own per task)."""
-        matrices = [self.matrix(scores) for scores in runs]
+        matrices = [self.matrix(scores, shared=True) for scores in runs]
         rows, tasks = matrices[0][0].shape
         if rows - 1 != tasks:
             return None
         gain = lambda m: np.diagonal(m[..., 1:, :], axis1=-2, axis2=-1) - m[..., 0, :]  # noqa: E731
         return self.pool([gain(point) for point, _ in matrices], [gain(resampled) for _, resampled in matrices])
 
+    def continual(self, scores: list, shared: bool = False) -> tuple[dict, dict]:
+        """``continual_metrics`` of one run's matrix and of its resamples (``shared``: as ``matrix``)."""
+        point, resampled = self.matrix(scores, shared)
+        return continual_metrics(point[1:], point[0]), continual_metrics(resampled[:, 1:], resampled[:, 0])
+
     def figures(self, runs: list[list]) -> dict[str, tuple[float, np.ndarray] | None]:
         """Each figure's seed-mean over ``runs`` (one per seed; rows = base, then each stage): its value and its
         resamples (each recomputed on its drawn samples and averaged over its drawn seeds)."""
         per_seed = []
         for scores in runs:
-            point, resampled = self.matrix(scores)
-            per_seed.append((continual_metrics(point[1:], point[0]),
-                             continual_metrics(resampled[:, 1:], resampled[:, 0])))
+            whole, shared = self.continual(scores), self.continual(scores, shared=True)
+            per_seed.append(tuple({k: (shared if k in COMPARING else whole)[i][k] for k in FIGURES} for i in (0, 1)))
         out = {}
         for key in FIGURES:
             if per_seed[0][0][key] is None:
@@ -182,7 +214,7 @@ class Bootstrap:
         draw of a task's samples scores R and the probe alike (the same samples as ``figures``)."""
         per_seed = []
         for scores, probe in zip(runs, recovered):
-            point, resampled = self.matrix([np.vstack([s, p]) for s, p in zip(scores, probe)])
+            point, resampled = self.matrix([np.vstack([s, p]) for s, p in zip(scores, probe)], shared=True)
             per_seed.append((forgetting_split(point[1:-1], point[-1]),
                              forgetting_split(resampled[:, 1:-1], resampled[:, -1])))
         out = {key: self.pool([p[key] for p, _ in per_seed], [r[key] for _, r in per_seed]) for key in per_seed[0][0]}

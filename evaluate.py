@@ -4,7 +4,8 @@
                        [--max_samples N] [--preset ...] [--<config field> value ...]
 
 A checkpoint is scored with the rule its method evaluates by, so that evaluate.py on the checkpoint of stage k
-reproduces the run's eval.jsonl rows of stage k: the method is rebuilt from the run's config
+reproduces the run's eval.jsonl rows of stage k (on all the evaluated samples; a row that scored a subset,
+early_eval_samples, equals them at its sample_positions): the method is rebuilt from the run's config
 (``<log_dir>/<run>/config.json``, where <run> is the checkpoint's parent folder, or the folder itself for a
 train_single_task.py checkpoint; ``--config`` names another), the stage's adapters.safetensors and method_state.pt
 are loaded as resume loads them, and every task is scored under ``method.inference(method.eval_key(task))``

@@ -93,8 +93,10 @@ def plot_eval(run: Path) -> list[Path]:
         ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{run.name}: every task across stages (falling score and format at steady loss = illusory forgetting)",
-                 fontsize=9)
+    subset = max((len(r["sample_positions"]) for r in rows if "sample_positions" in r), default=0)
+    fig.suptitle(f"{run.name}: every task across stages (falling score and format at steady loss = illusory forgetting)"
+                 + (f"\nbefore the last stage each point scores a fixed {subset} of the samples (early_eval_samples)"
+                    if subset else ""), fontsize=9)
     return [_save(fig, run / "eval_by_task.png"), plot_score_matrix(run, summary, stages)]
 
 

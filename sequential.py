@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from base_cache import base_key, load_base, store_base
+from base_cache import base_key, base_path, load_base, store_base
 from cl_metrics import figures_with_ci, format_score, run_samples
 from configs.base_config import Config, ConfigError, build_config, config_digest, save_config
 from distributed import make_accelerator, tracker_config
@@ -131,9 +132,8 @@ class Sequence:
         early = config.early_eval_samples and 0 <= stage < len(self.stages) - 1
         positions = {task: subset_positions(rows, config.early_eval_samples, config.eval_subset_seed)
                      for task, rows in records.items()} if early else None
-        keys = {task: base_key(config, task, rows, self.device) for task, rows in records.items()
-                if stage < 0 and config.shared_base_dir}
-        results = {task: stored for task, key in keys.items() if (stored := load_base(config, task, key))}
+        keys = self.base_keys(records) if stage < 0 and config.shared_base_dir else {}
+        results = {task: load_base(config, task, keys[task]) for task in self.reusable(keys)}
         todo = {task: rows for task, rows in records.items() if task not in results}
         results |= self.method.evaluate(todo, label, self.accelerator, positions) if todo else {}
         if self.main:
@@ -147,10 +147,34 @@ class Sequence:
             with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task_name(task)}.jsonl").open("w") as handle:
                 handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
             with self.eval_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps(json_ready(row), allow_nan=False) + "\n")  # strict JSON: NaN as null
             if self.accelerator.trackers:
                 self.accelerator.log({f"eval/{task}/{k}": v for k, v in summary.items()
                                       if isinstance(v, (int, float)) and v is not None}, step=stage + 1)
+
+    def base_keys(self, records: dict[str, list[dict]]) -> dict[str, str]:
+        """Each task's shared base-row key (base_cache.py), with how this run evaluates it: device, dtypes,
+        processes and the tasks that share its generation batches (those of its eval key)."""
+        together = self.generated_together(list(records))
+        layout = dict(device=self.device.type, autocast=str(self.amp_dtype), processes=self.accelerator.num_processes,
+                      weights=str(next(self.model.parameters()).dtype))
+        return {task: base_key(self.config, rows, dict(layout, together=together[task]))
+                for task, rows in records.items()}
+
+    def generated_together(self, tasks: list[str]) -> dict[str, list[str]]:
+        """Each task's group: the tasks the method evaluates with the same weights, in one generation call."""
+        return {task: [t for t in tasks if self.method.eval_key(t) == self.method.eval_key(task)] for task in tasks}
+
+    def reusable(self, keys: dict[str, str]) -> list[str]:
+        """The tasks whose stored base rows are reused: only whole groups of tasks generated together (their answers
+        were generated in the same batches), decided by the main process for every process (a row another run
+        stores meanwhile must not split them: each would evaluate other tasks and the gather would hang)."""
+        stored = {task for task, key in keys.items() if base_path(self.config, task, key).is_file()}
+        together = self.generated_together(list(keys))
+        reused = [[task for task in keys if set(together[task]) <= stored]]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(reused)
+        return reused[0]
 
     # ---- one stage -----------------------------------------------------------------------------------------------
     @staticmethod

@@ -35,8 +35,8 @@ from utils_data import SFTDataset, make_loader, read_jsonl, split_holdout, task_
 # Config fields a single-task run has no use for: they act from a sequence's second task on (there is no earlier task,
 # teacher, buffer or LoRA here), or in the sequential evaluation (generation, mid-stage checkpoints), or name the
 # sequence itself. Given on the command line, they are refused rather than silently ignored.
-SEQUENCE_ONLY = ("tasks", "eval_split", "eval_scope", "recovery_steps", "recovery_samples", "eval_subset_seed",
-                 "max_new_tokens", "max_new_tokens_cap", "bootstrap_resamples", "sandbox_isolation", "save_every",
+SEQUENCE_ONLY = ("tasks", "eval_split", "eval_scope", "early_eval_samples", "shared_base_dir", "recovery_steps",
+                 "recovery_samples", "eval_subset_seed", "max_new_tokens", "max_new_tokens_cap", "bootstrap_resamples", "sandbox_isolation", "save_every",
                  "use_slsd", "probe_size",
                  "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature", "kd_every",
                  "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "replay_per_task", "replay_ratio",

@@ -60,7 +60,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
-                        recovery_report, recovery_samples, run_samples)
+                        recovery_report, recovery_samples, run_samples, shared_losses)
 from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
@@ -94,14 +94,18 @@ def cell(pair: tuple[float | None, float | None]) -> str:
     return "–" if mean is None else f"{mean:+.3f} ± {std:.3f}" if mean < 0 else f"{mean:.3f} ± {std:.3f}"
 
 
-def loss_figures(summary: dict) -> dict[str, float | None]:
-    """AP and BWT of the eval-loss matrix (token loss on the reference answers; lower is better, loss_BWT > 0 is
-    forgetting): finer-grained than a few samples' scores."""
-    losses = summary["loss_matrix"]
-    if len(losses) != len(summary["tasks"]):  # multi-task: one stage, no backward transfer
-        return dict(loss_final=statistics.fmean(losses[-1]), loss_BWT=None)
-    figures = continual_metrics(losses, summary["base_losses"])
-    return dict(loss_final=figures["AP"], loss_BWT=figures["BWT"])
+def loss_figures(run: Path, summary: dict) -> dict[str, float | None]:
+    """The mean eval loss after the last stage and the BWT of the eval-loss matrix (token loss on the reference
+    answers; lower is better, loss_BWT > 0 is forgetting): finer-grained than a few samples' scores. BWT compares
+    each task's evaluations on the samples all of them scored (cl_metrics.shared_losses), as the score figures do."""
+    final = statistics.fmean(summary["loss_matrix"][-1])
+    if len(summary["loss_matrix"]) != len(summary["tasks"]):  # multi-task: one stage, no backward transfer
+        return dict(loss_final=final, loss_BWT=None)
+    rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
+    nll, tokens = (run_samples(rows, summary["tasks"], len(summary["stage_names"]), key)[0]
+                   for key in ("sample_nll", "sample_tokens"))
+    losses = shared_losses(nll, tokens)
+    return dict(loss_final=final, loss_BWT=continual_metrics(losses[1:], losses[0])["BWT"])
 
 
 def read_summary(run: Path, stages: int | None) -> dict:
@@ -143,10 +147,11 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
     return recovery_report(samples, tasks, resamples)
 
 
-def aggregate(summaries: list[dict], scores: list[list], groups: list, resamples: int) -> dict:
-    """One method over its seeds: every figure and final score as [mean, std] and its 95 % interval (``_ci``)."""
+def aggregate(runs: list[Path], summaries: list[dict], scores: list[list], groups: list, resamples: int) -> dict:
+    """One method over its seeds (``runs``, their summaries and per-sample scores): every figure and final score as
+    [mean, std] and its 95 % interval (``_ci``)."""
     tasks = summaries[0]["tasks"]
-    losses = [loss_figures(s) for s in summaries]
+    losses = [loss_figures(run, s) for run, s in zip(runs, summaries)]
     bootstrap = Bootstrap(groups, resamples, seeds=len(summaries))
     figures = bootstrap.figures(scores)
     _, final = bootstrap.final_scores(scores)
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]
     resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
-    table = {label: dict(aggregate(summaries[label], scores[label], groups, resamples),
+    table = {label: dict(aggregate(runs[label], summaries[label], scores[label], groups, resamples),
                          recovery=None if args.stages is not None else
                          recovery_figures(runs[label], summaries[label], resamples))
              for label in entries}

@@ -118,14 +118,16 @@ def subset_rows() -> dict:
 
 def test_a_subset_row_is_scattered_to_its_positions_and_scored_on_them():
     """config.early_eval_samples: R[0][a] is the mean of the two samples it scored (1.0), not of four with the
-    skipped ones as 0 (0.5); BWT and forgetting compare it with the final row's mean over all four (0.25)."""
+    skipped ones as 0 (0.5); BWT and forgetting compare it with the final row on those same two samples (0.5, not
+    0.25 over all four: paired), while AP reads the final row whole."""
     from cl_metrics import run_samples
 
     scores, groups = run_samples(subset_rows(), ["a", "b"], 2)
     assert np.isnan(scores[0][1][1]) and np.isnan(scores[0][1][3]) and scores[0][1][2] == 1
     figures = Bootstrap(groups, 200).figures([scores])
-    assert figures["BWT"][0] == pytest.approx(0.25 - 1.0)
-    assert figures["forgetting"][0] == pytest.approx(1.0 - 0.25)
+    assert figures["BWT"][0] == pytest.approx(0.5 - 1.0)
+    assert figures["forgetting"][0] == pytest.approx(1.0 - 0.5)
+    assert figures["AP"][0] == pytest.approx((0.25 + 1.0) / 2)
     assert figures["LA"][0] == pytest.approx((1.0 + 1.0) / 2)  # R[0][a] = 1 on its subset; R[1][b] = 1
     assert np.isfinite(interval(figures["BWT"][1])).all()  # resamples that drew no subset sample are left out
 

@@ -99,3 +99,19 @@ def test_every_method_scores_the_base_model_as_the_base_model_does(method, small
     for task in TASKS:
         assert scored[task][0]["sample_nll"] == plain[task][0]["sample_nll"]
         assert [r["output"] for r in scored[task][1]] == [r["output"] for r in plain[task][1]]
+
+
+@pytest.mark.parametrize("change", [dict(max_new_tokens=7), dict(precision="bf16"), dict(eval_batch_size=3),
+                                    dict(sandbox_isolation="weak"), dict(seed=1)])
+def test_base_key_names_what_a_base_row_depends_on(change):
+    """Another generation budget, numerics, batch size, scoring or random model (its seed): another key. Training and
+    method fields leave it as it is (the adapters are still 0)."""
+    from base_cache import base_key
+
+    config = build_config("smoke")
+    records, layout = [{"messages": [{"role": "user", "content": "hi"}]}], dict(device="cpu", together=["a"])
+    key = base_key(config, records, layout)
+    assert base_key(build_config("smoke", overrides=dict(method="ewc", lr_fast=1.0)), records, layout) == key
+    assert base_key(build_config("smoke", overrides=change), records, layout) != key
+    assert base_key(config, records, dict(layout, together=["a", "b"])) != key
+    assert base_key(config, [{"messages": [{"role": "user", "content": "hello"}]}], layout) != key
