@@ -9,7 +9,8 @@ Forgetting in Continual Learning of Language Models") tells them apart: knowledg
 handful of updates, alignment does. For each old task i < T-1 (the last task cannot have been forgotten):
 
     from the final checkpoint, recovery_steps optimizer steps on the first recovery_samples samples of task i's
-    training split; then task i is evaluated again on the very samples the run evaluated  ->  Rec[i]
+    training split; then task i is evaluated again on the very samples the run evaluated (with
+    early_eval_samples: on their fixed subset, the samples every evaluation of the task scored)  ->  Rec[i]
 
 and its drop d_i = max_{i≤l<T-1} R[l][i] − R[T-1][i] (what the run's `forgetting` averages) splits into
 
@@ -55,10 +56,11 @@ from transformers import set_seed
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cl_metrics import best_earlier, format_score, recovery_report, recovery_samples  # noqa: E402
+from cl_metrics import (best_earlier, format_score, group_mean, recovery_report, recovery_samples,  # noqa: E402
+                        run_samples, shared_samples)
 from configs.base_config import (ConfigError, add_config_arguments, config_digest, field_help,  # noqa: E402
                                  parse_config)
-from evaluation import select_samples  # noqa: E402
+from evaluation import select_samples, subset_positions  # noqa: E402
 from methods import make_method  # noqa: E402
 from methods.base import Method  # noqa: E402
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
@@ -109,9 +111,10 @@ def read_probes(run: Path, setting: str) -> dict[str, dict]:
     return {r["task"]: r for r in read_rows(run / "recovery.jsonl") if r.get("setting") == setting}
 
 
-def probe_task(method: Method, task: str, index: int, checkpoint: Path, records: list[dict], steps: int,
-               log_path: Path) -> dict:
-    """Task ``task``'s evaluation summary on ``records`` after ``steps`` recovery steps from ``checkpoint``."""
+def probe_task(method: Method, task: str, index: int, checkpoint: Path, records: list[dict],
+               positions: list[int] | None, steps: int, log_path: Path) -> dict:
+    """Task ``task``'s evaluation summary on ``records`` (``positions``: those of them only) after ``steps``
+    recovery steps from ``checkpoint``."""
     config = method.config
     method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
     key = method.eval_key(task)
@@ -128,7 +131,7 @@ def probe_task(method: Method, task: str, index: int, checkpoint: Path, records:
                 steps, log_path, method.device, method.amp_dtype, desc=f"recovery {task_name(task)}",
                 optimizer_factory=method.optimizer, loss_fn=method.loss,
                 on_step=lambda step, _: method.after_step(step))
-    return method.evaluate({task: records}, "recovery")[task][0]
+    return method.evaluate({task: records}, "recovery", positions=positions and {task: positions})[task][0]
 
 
 def headline(report: dict) -> str:
@@ -172,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     args, config = parse(argv)
     run, tasks = Path(args.run), config.tasks
     rows = eval_rows(run, tasks)
-    R = np.array([[rows[(s, t)]["score"] if (s, t) in rows else np.nan for t in tasks] for s in range(len(tasks))])
+    scores, groups = run_samples(rows, tasks, len(tasks))  # each task's evaluations on the samples all of them scored
+    R = np.stack([group_mean(shared_samples(s), g) for s, g in zip(scores, groups)], -1)[1:]
     best = best_earlier(R)
     drop = dict(zip(tasks, best - R[-1, :-1]))
     chosen = args.tasks.split(",") if args.tasks else [t for t, d in drop.items() if d > 0]
@@ -197,16 +201,24 @@ def main(argv: list[str] | None = None) -> dict:
         index = tasks.index(task)
         records = select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
                                  config.max_eval_samples, config.eval_subset_seed)  # the samples the run evaluated
+        # with early_eval_samples, only the fixed subset: the split reads the probe where every evaluation scored
+        positions = subset_positions(records, config.early_eval_samples, config.eval_subset_seed) \
+            if config.early_eval_samples else None
         say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from {checkpoint.name}")
-        summary = probe_task(method, task, index, checkpoint, records, config.recovery_steps,
+        summary = probe_task(method, task, index, checkpoint, records, positions, config.recovery_steps,
                              run / "recovery" / f"{task_name(task)}_train_loss.jsonl")
-        if summary["sample_groups"] != rows[(len(tasks) - 1, task)]["sample_groups"]:  # their count and strata
+        groups = rows[(len(tasks) - 1, task)]["sample_groups"]
+        if summary["sample_groups"] != [groups[i] for i in positions or range(len(groups))]:  # count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
                               "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
+        if positions:  # laid out as the run's rows: NaN (null in the file) where the probe did not score
+            scored, summary["sample_scores"] = summary["sample_scores"], [np.nan] * len(groups)
+            for position, value in zip(positions, scored):
+                summary["sample_scores"][position] = value
         probes[task] = dict(task=task, checkpoint=str(checkpoint), setting=setting,
                             recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
         with probes_path.open("a") as handle:
-            handle.write(json.dumps(probes[task]) + "\n")
+            handle.write(json.dumps(json_ready(probes[task]), allow_nan=False) + "\n")
         say(f"{task}: score best {best[index]:.3f}, final {R[-1, index]:.3f}, after the probe {summary['score']:.3f}")
     return write_report(run, config, rows, probes)
 

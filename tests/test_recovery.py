@@ -124,10 +124,10 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
     records = select_samples(read_task("T2_math", config.eval_split, config.data_dir)[0], config.max_eval_samples,
                              config.eval_subset_seed)
     final = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (2, "T2_math"))
-    untouched = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, 0, tmp_path / "loss.jsonl")
+    untouched = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 0, tmp_path / "loss.jsonl")
     assert untouched["sample_scores"] == final["sample_scores"]  # no step: the run's own final evaluation
     assert untouched["sample_nll"] == pytest.approx(final["sample_nll"], rel=1e-6)
-    probed = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, 2, tmp_path / "loss.jsonl")
+    probed = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 2, tmp_path / "loss.jsonl")
     assert probed["eval_loss"] != pytest.approx(final["eval_loss"], rel=1e-4)
     saved, now = load_file(checkpoint / "adapters.safetensors"), method.dslora.adapter_state()
     moved = {key.split(".")[-2] for key in saved if not torch.equal(saved[key], now[key])}  # slow, or a fast name
@@ -175,6 +175,25 @@ def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_ru
     assert compare_methods.recovery_cells(pooled)[-1] == ", ".join(
         t for t, e in pooled["tasks"].items() if e["format_drift_only"]) or "none"
     assert compare_methods.recovery_cells(None) == ["–", "–", "–"]
+
+
+def test_with_a_subset_before_the_last_stage_the_probe_scores_that_subset(small_data, tmp_path):
+    """early_eval_samples 2 of 4: the split reads each old task where all its evaluations scored, so the probe
+    scores those 2 samples only; its row is laid out as the run's (null elsewhere) and the report's forgetting is
+    the run's own figure."""
+    train_slsd_seq.main(["--preset", "smoke", "--data_dir", str(small_data), "--tasks", "T2_math,T5_safety,T1_general",
+                         "--method", "seq_lora", "--max_steps", "2", "--save_every", "0", "--max_eval_samples", "4",
+                         "--early_eval_samples", "2", "--no_plots", "--log_dir", str(tmp_path / "logs"),
+                         "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", "run"])
+    run = tmp_path / "logs" / "run"
+    report = recovery_probe.main(["--run", str(run), *PROBE])
+    subset = {r["task"]: r["sample_positions"] for r in read_rows(run / "eval.jsonl") if r["stage"] == 0}
+    for row in read_rows(run / "recovery.jsonl"):
+        assert row["sample_positions"] == subset[row["task"]] and len(row["sample_groups"]) == 2
+        assert [i for i, v in enumerate(row["sample_scores"]) if v is not None] == subset[row["task"]]
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["forgetting"] == pytest.approx(summary["forgetting"])
+    assert report["forgetting_illusory"] + report["forgetting_real"] == pytest.approx(report["forgetting"])
 
 
 def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
