@@ -15,13 +15,13 @@ from models.loading import load_model
 from utils_data import read_task
 
 TASKS = ["T1_general", "T4_tool"]
-CAP = 192  # above every reference + slack of the small data, so a budget follows the references it is taken from
+CAP = 96  # budget cap: T4's subset alone would get 54 tokens, its whole set the cap (test_subset_rows_... checks they differ)
 
 
-def run(folder, data, name: str, *extra: str) -> dict:
+def run(folder, data, name: str, *extra: str, cap: int = CAP) -> dict:
     return train_slsd_seq.main(["--preset", "smoke", "--tasks", ",".join(TASKS), "--max_steps", "1",
                                 "--max_eval_samples", "4", "--max_new_tokens", "0",
-                                "--max_new_tokens_cap", str(CAP), "--no_plots", "--data_dir", str(data),
+                                "--max_new_tokens_cap", str(cap), "--no_plots", "--data_dir", str(data),
                                 "--log_dir", str(folder / "logs"), "--checkpoint_dir", str(folder / "ckpt"),
                                 "--run_name", name, *extra])
 
@@ -71,18 +71,18 @@ def test_shared_base_rows_are_reused_by_another_method_and_not_by_another_evalua
     """A second run (another method) with the same shared_base_dir scores no base row and logs the stored ones; a
     run whose evaluation differs (more samples) scores its own."""
     shared = str(tmp_path / "base_rows")
-    run(tmp_path, small_data, "first", "--shared_base_dir", shared, "--method", "seq_lora")
+    run(tmp_path, small_data, "first", "--shared_base_dir", shared, "--method", "seq_lora", cap=16)
     assert len(list((tmp_path / "base_rows").glob("*.json"))) == len(TASKS)
     scored = []
     real = evaluation.evaluate_tasks
     monkeypatch.setattr(evaluation, "evaluate_tasks", lambda model, tokenizer, records, *args, **kwargs:
                         scored.append((args[3], sorted(records))) or real(model, tokenizer, records, *args, **kwargs))
-    run(tmp_path, small_data, "second", "--shared_base_dir", shared, "--method", "ds_lora_slsd")
+    run(tmp_path, small_data, "second", "--shared_base_dir", shared, "--method", "ds_lora_slsd", cap=16)
     assert "base" not in [label for label, _ in scored] and scored  # the stages were still evaluated
     first, second = rows(tmp_path, "first"), rows(tmp_path, "second")
     assert all(second[(-1, t)] == first[(-1, t)] for t in TASKS)
     assert outputs(tmp_path, "second", -1, TASKS[0]) == outputs(tmp_path, "first", -1, TASKS[0])
-    run(tmp_path, small_data, "third", "--shared_base_dir", shared, "--max_eval_samples", "3")
+    run(tmp_path, small_data, "third", "--shared_base_dir", shared, "--max_eval_samples", "3", cap=16)
     assert ("base", TASKS) in scored and len(list((tmp_path / "base_rows").glob("*.json"))) == 2 * len(TASKS)
 
 
