@@ -250,16 +250,25 @@ class Bootstrap:
         return out
 
 
+def laid_out(values: list, positions: list[int] | None, length: int) -> list:
+    """A per-sample list of a row that scored the samples at ``positions`` (None: all ``length`` of them, in order)
+    laid out on all ``length`` samples: NaN where it did not score."""
+    if positions is None:
+        return list(values)
+    full = [float("nan")] * length
+    for position, value in zip(positions, values, strict=True):
+        full[position] = value
+    return full
+
+
 def run_samples(rows: dict, tasks: list[str], stages: int, key: str = "sample_scores") -> tuple[list[list], list[list]]:
     """From a run's evaluation rows {(stage, task): row} (stage -1: the base model): per task, the per-sample
     scores (or another per-sample list, ``key``) of every evaluation (base first, then each stage) and the samples'
     groups. A cell that was not evaluated (``eval_scope needed``: a task two or more stages ahead) is all NaN; no
     figure reads such a cell. A row that scored a subset (``sample_positions``) is NaN at the samples it skipped."""
     def scores(stage: int, task: str) -> list[float]:
-        row, values = rows.get((stage, task)), [float("nan")] * len(rows[(-1, task)][key])
-        for position, value in zip(row.get("sample_positions", range(len(values))), row[key]) if row else ():
-            values[position] = value
-        return values
+        row, length = rows.get((stage, task)), len(rows[(-1, task)][key])
+        return laid_out(row[key], row.get("sample_positions"), length) if row else [float("nan")] * length
 
     return ([[scores(s, t) for s in range(-1, stages)] for t in tasks],
             [rows[(-1, t)]["sample_groups"] for t in tasks])

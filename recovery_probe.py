@@ -56,8 +56,8 @@ from transformers import set_seed
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cl_metrics import (best_earlier, format_score, group_mean, recovery_report, recovery_samples,  # noqa: E402
-                        run_samples, shared_samples)
+from cl_metrics import (best_earlier, format_score, group_mean, laid_out, recovery_report,  # noqa: E402
+                        recovery_samples, run_samples, shared_samples)
 from configs.base_config import (ConfigError, add_config_arguments, config_digest, field_help,  # noqa: E402
                                  parse_config)
 from evaluation import select_samples, subset_positions  # noqa: E402
@@ -207,14 +207,12 @@ def main(argv: list[str] | None = None) -> dict:
         say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from {checkpoint.name}")
         summary = probe_task(method, task, index, checkpoint, records, positions, config.recovery_steps,
                              run / "recovery" / f"{task_name(task)}_train_loss.jsonl")
-        groups = rows[(len(tasks) - 1, task)]["sample_groups"]
-        if summary["sample_groups"] != [groups[i] for i in positions or range(len(groups))]:  # count and strata
+        strata = rows[(len(tasks) - 1, task)]["sample_groups"]
+        if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
                               "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
-        if positions:  # laid out as the run's rows: NaN (null in the file) where the probe did not score
-            scored, summary["sample_scores"] = summary["sample_scores"], [np.nan] * len(groups)
-            for position, value in zip(positions, scored):
-                summary["sample_scores"][position] = value
+        # laid out as the run's rows: NaN (null in the file) where the probe did not score
+        summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
         probes[task] = dict(task=task, checkpoint=str(checkpoint), setting=setting,
                             recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
         with probes_path.open("a") as handle:

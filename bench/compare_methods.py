@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -61,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
                         recovery_report, recovery_samples, run_samples, shared_losses)
-from configs.base_config import METHOD_NAMES, build_config, parse_overrides  # noqa: E402
+from configs.base_config import METHOD_NAMES, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
@@ -299,6 +300,32 @@ def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path
     return out
 
 
+def stages_of(run: Path) -> int:
+    """How many stages a finished run trained (multi-task: 1)."""
+    return len(json.loads((run / "summary.json").read_text())["stage_names"])
+
+
+def finished(run: Path, config) -> bool:
+    """Whether ``run`` (logs/<run>) is a finished run of exactly ``config``: the config it saved is this one and its
+    summary was written after its last evaluation and stage record. Such a run is reused without starting its
+    process (which would load the model and every stage's state only to write the same summary again)."""
+    saved, summary = run / "config.json", run / "summary.json"
+    logs = [run / "eval.jsonl", run / "stages.jsonl"]
+    return (saved.is_file() and summary.is_file() and all(f.is_file() for f in logs)
+            and json.loads(saved.read_text()) == json.loads(json.dumps(dataclasses.asdict(config)))
+            and summary.stat().st_mtime >= max(f.stat().st_mtime for f in logs))
+
+
+def probed(run: Path, probe: dict) -> bool:
+    """Whether ``run``'s recovery report is of this probe setting (recovery_probe.py's: the run's config under the
+    probe's fields) and newer than its evaluations: then the probe is not started again."""
+    report = run / "recovery.json"
+    if not report.is_file() or report.stat().st_mtime < (run / "eval.jsonl").stat().st_mtime:
+        return False
+    setting = config_digest(build_config(config_file=str(run / "config.json"), overrides=probe))
+    return json.loads(report.read_text()).get("setting") == setting
+
+
 def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str, budget: dict,
                 probe: dict, jobs: int, no_recovery: bool, log_root: Path) -> None:
     """Every (entry, seed) run in its own process, ``jobs`` at a time, then its recovery probe; finished ones are
@@ -308,6 +335,10 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
     def run_one(label: str, seed: str) -> None:
         run = f"cmp_{runs_of}_{label}_s{seed}"
         fields = dict(budget, **entries[label], seed=seed, run_name=run)
+        if finished(log_root / run, build_config(preset, overrides=fields)) and \
+                (no_recovery or probed(log_root / run, probe) or stages_of(log_root / run) == 1):
+            say(f"{label} seed {seed}: finished, reused ({log_root / run})")
+            return
         argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
                     *[a for k, v in fields.items() for a in (f"--{k}", v)]]
         say(f"{label} seed {seed}: train_slsd_seq.py {' '.join(argv_run)}")
@@ -324,8 +355,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
                                        + (f"; its output: {output}" if output else ""))
 
             call(command_run, "run")
-            stages = len(json.loads((log_root / run / "summary.json").read_text())["stage_names"])
-            if not no_recovery and stages > 1:  # one stage (multi-task): nothing to forget
+            if not no_recovery and stages_of(log_root / run) > 1:  # one stage (multi-task): nothing to forget
                 say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
                 call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
                       *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")

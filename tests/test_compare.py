@@ -2,7 +2,9 @@
 from ds_lora_slsd, finished runs reused; plot_loss.py's per-stage smoothing."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare_methods  # noqa: E402
+from configs.base_config import build_config  # noqa: E402
 from plot_loss import smooth, smooth_by_stage  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
 
@@ -51,14 +54,28 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
     assert (results / "t_comparison.png").stat().st_size > 0
 
     evaluated = {run: (run / "eval.jsonl").read_text() for run in logs.glob("cmp_t_*_s*")}
-    assert compare_methods.main(argv)["AP"] == result["AP"]  # a second call reuses the finished runs
+    started = []  # a second call reuses the finished runs and their probes without starting a process
+    monkeypatch.setattr(compare_methods.subprocess, "run", lambda command, **_: started.append(command))
+    assert compare_methods.main(argv)["AP"] == result["AP"] and started == []
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 
     # --runs_of: another results name over the same run folders reuses them (nothing re-evaluated, no new folder)
     other = [a if a != "t" else "t2" for a in argv[:argv.index("--name") + 2]] + argv[argv.index("--name") + 2:]
     assert compare_methods.main([*other, "--runs_of", "t"])["AP"] == result["AP"]
     assert (results / "t2.json").is_file() and not list(logs.glob("cmp_t2_*"))
-    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated and started == []
+
+    # reused only as it is: another config, another probe setting or an evaluation after the summary is not
+    run = logs / "cmp_t_seq_lora_s1"
+    config = build_config(config_file=str(run / "config.json"))
+    assert compare_methods.finished(run, config) and compare_methods.probed(run, {})
+    assert not compare_methods.finished(run, dataclasses.replace(config, max_steps=3))
+    assert not compare_methods.probed(run, dict(recovery_steps="3"))
+    later = max((run / name).stat().st_mtime for name in ("summary.json", "recovery.json")) + 1
+    os.utime(run / "eval.jsonl", (later, later))
+    assert not compare_methods.finished(run, config) and not compare_methods.probed(run, {})
+    for name in ("summary.json", "recovery.json"):
+        os.utime(run / name, (later, later))
 
     # a finished run's summary rebuilds from its logs; --stages 1 runs nothing and scores the sequence of the first
     # task alone (AP = R[0][0], no BWT), rebuilt from the same logs
