@@ -110,8 +110,9 @@ def loss_figures(run: Path, summary: dict) -> dict[str, float | None]:
 
 
 def read_summary(run: Path, stages: int | None) -> dict:
-    """A finished run's summary.json, or with ``stages`` the summary of its first stages rebuilt from its logs."""
-    return json.loads((run / "summary.json").read_text()) if stages is None else summary_from_logs(run, stages)
+    """A finished run's summary (of its first ``stages`` stages: the sequence of its first tasks), rebuilt from its
+    logs by today's code: a reused run's summary.json may predate a change of the figures' code."""
+    return json.loads(json.dumps(json_ready(summary_from_logs(run, stages))))  # as summary.json reads: NaN as None
 
 
 def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list]]:
@@ -318,12 +319,14 @@ def finished(run: Path, config) -> bool:
 
 def probed(run: Path, probe: dict) -> bool:
     """Whether ``run``'s recovery report is of this probe setting (recovery_probe.py's: the run's config under the
-    probe's fields) and newer than its evaluations: then the probe is not started again."""
+    probe's fields), newer than its evaluations, and every task whose score fell has its probe row of that setting
+    in recovery.jsonl (what the table reads): then the probe is not started again."""
     report = run / "recovery.json"
     if not report.is_file() or report.stat().st_mtime < (run / "eval.jsonl").stat().st_mtime:
         return False
     setting = config_digest(build_config(config_file=str(run / "config.json"), overrides=probe))
-    return json.loads(report.read_text()).get("setting") == setting
+    stored, rows = json.loads(report.read_text()), read_probes(run, setting)
+    return stored.get("setting") == setting and all(t in rows for t, e in stored["tasks"].items() if e["drop"] > 0)
 
 
 def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str, budget: dict,

@@ -71,6 +71,15 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
     assert compare_methods.finished(run, config) and compare_methods.probed(run, {})
     assert not compare_methods.finished(run, dataclasses.replace(config, max_steps=3))
     assert not compare_methods.probed(run, dict(recovery_steps="3"))
+    kept = {name: (run / name).read_text() for name in ("recovery.json", "recovery.jsonl") if (run / name).is_file()}
+    report = json.loads(kept["recovery.json"])
+    report["tasks"][next(iter(report["tasks"]))]["drop"] = 0.5  # a task that fell ...
+    (run / "recovery.json").write_text(json.dumps(report))
+    (run / "recovery.jsonl").write_text("")  # ... without its probe row: probed again
+    assert not compare_methods.probed(run, {})
+    (run / "recovery.jsonl").unlink()
+    for name, text in kept.items():
+        (run / name).write_text(text)
     later = max((run / name).stat().st_mtime for name in ("summary.json", "recovery.json")) + 1
     os.utime(run / "eval.jsonl", (later, later))
     assert not compare_methods.finished(run, config) and not compare_methods.probed(run, {})
