@@ -49,13 +49,18 @@ def run_name(config: Config) -> str:
     return f"seq_{config.method}_{config_digest(config, 8)}"
 
 
+def saved_config_differs(saved: Path, config: Config) -> bool:
+    """Whether a run's saved config.json exists and holds another config than ``config``."""
+    return saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:
     """The run's folders; refuses (every process) a run of another config unless ``overwrite``; the main process
     replaces it and saves the config."""
     run = run_name(config)
     log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
     saved = log_dir / "config.json"
-    if saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(config))):
+    if saved_config_differs(saved, config):
         if not overwrite:
             raise RunConflictError(f"{log_dir} holds a run with a different config; use --overwrite to replace it "
                                    f"or choose another --run_name")

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import statistics
@@ -65,7 +64,7 @@ from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, int
 from configs.base_config import METHOD_NAMES, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
-from sequential import summary_from_logs  # noqa: E402
+from sequential import saved_config_differs, summary_from_logs  # noqa: E402
 from utils_data import json_ready, read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
@@ -313,7 +312,7 @@ def finished(run: Path, config) -> bool:
     saved, summary = run / "config.json", run / "summary.json"
     logs = [run / "eval.jsonl", run / "stages.jsonl"]
     return (saved.is_file() and summary.is_file() and all(f.is_file() for f in logs)
-            and json.loads(saved.read_text()) == json.loads(json.dumps(dataclasses.asdict(config)))
+            and not saved_config_differs(saved, config)
             and summary.stat().st_mtime >= max(f.stat().st_mtime for f in logs))
 
 
