@@ -49,9 +49,13 @@ def run_name(config: Config) -> str:
     return f"seq_{config.method}_{config_digest(config, 8)}"
 
 
-def saved_config_differs(saved: Path, config: Config) -> bool:
-    """Whether a run's saved config.json exists and holds another config than ``config``."""
-    return saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(dataclasses.asdict(config)))
+def config_changes(saved: Path, config: Config) -> dict[str, tuple]:
+    """{field: (saved value, value in ``config``)} for each field where a run's saved config.json differs from
+    ``config``; empty when they are the same or nothing is saved."""
+    if not saved.is_file():
+        return {}
+    old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
 def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:
@@ -60,10 +64,11 @@ def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Pat
     run = run_name(config)
     log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
     saved = log_dir / "config.json"
-    if saved_config_differs(saved, config):
+    changes = config_changes(saved, config)
+    if changes:
         if not overwrite:
-            raise RunConflictError(f"{log_dir} holds a run with a different config; use --overwrite to replace it "
-                                   f"or choose another --run_name")
+            raise RunConflictError(f"{log_dir} holds a run with a different config ({', '.join(changes)}); use "
+                                   f"--overwrite to replace it or choose another --run_name")
         if main:
             shutil.rmtree(log_dir)
             shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -2,12 +2,15 @@
 
     python bench/compare_methods.py [--quick] [--methods ds_lora_slsd,seq_lora,...] [--variant LABEL:field=value,...]
                                     [--reference LABEL] [--seeds 42,43,44] [--jobs N] [--name NAME] [--runs_of NAME]
-                                    [--preset study] [--no_recovery] [--stages K] [--<config field> value ...]
+                                    [--preset study] [--no_recovery] [--redo_changed] [--stages K]
+                                    [--<config field> value ...]
 
 Every (entry, seed) is one run of train_slsd_seq.py in its own process (so that peak memory is its own), logged in
 logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's, which may not be a method's; with
 ``--runs_of OTHER`` in OTHER's folders, so that entries another comparison ran are reused); a finished run of the
-same config is reused, an interrupted one resumes, one of another config (older code defaults) is redone. Writes
+same config is reused, an interrupted one resumes, an unfinished one of another config is redone; a finished one of
+another config (a changed preset or code default) stops the comparison before any run, naming the fields that differ,
+unless ``--redo_changed`` says to redo it. Writes
 bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
@@ -64,7 +67,7 @@ from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, int
 from configs.base_config import METHOD_NAMES, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import eval_rows, read_probes  # noqa: E402
-from sequential import saved_config_differs, summary_from_logs  # noqa: E402
+from sequential import config_changes, summary_from_logs  # noqa: E402
 from utils_data import json_ready, read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
@@ -312,7 +315,7 @@ def finished(run: Path, config) -> bool:
     saved, summary = run / "config.json", run / "summary.json"
     logs = [run / "eval.jsonl", run / "stages.jsonl"]
     return (saved.is_file() and summary.is_file() and all(f.is_file() for f in logs)
-            and not saved_config_differs(saved, config)
+            and not config_changes(saved, config)
             and summary.stat().st_mtime >= max(f.stat().st_mtime for f in logs))
 
 
@@ -328,6 +331,28 @@ def probed(run: Path, probe: dict) -> bool:
     return stored.get("setting") == setting and all(t in rows for t, e in stored["tasks"].items() if e["drop"] > 0)
 
 
+def run_fields(entries: dict[str, dict[str, str]], label: str, seed: str, runs_of: str,
+               budget: dict) -> tuple[str, dict[str, str]]:
+    """The folder name of an (entry, seed) run and the config fields it is run with."""
+    run = f"cmp_{runs_of}_{label}_s{seed}"
+    return run, dict(budget, **entries[label], seed=seed, run_name=run)
+
+
+def changed_finished_runs(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str,
+                          budget: dict, log_root: Path) -> list[str]:
+    """One line per finished run (it wrote summary.json) that this comparison would redo because its saved config
+    differs (a changed preset or code default, a field not pinned): the fields that differ, saved -> now."""
+    lines = []
+    for seed in seeds:
+        for label in entries:
+            run, fields = run_fields(entries, label, seed, runs_of, budget)
+            saved = log_root / run / "config.json"
+            changes = config_changes(saved, build_config(preset, overrides=fields))
+            if changes and (log_root / run / "summary.json").is_file():
+                lines.append(f"{log_root / run}: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    return lines
+
+
 def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str, budget: dict,
                 probe: dict, jobs: int, no_recovery: bool, log_root: Path) -> None:
     """Every (entry, seed) run in its own process, ``jobs`` at a time, then its recovery probe; finished ones are
@@ -335,8 +360,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
 
     def run_one(label: str, seed: str) -> None:
-        run = f"cmp_{runs_of}_{label}_s{seed}"
-        fields = dict(budget, **entries[label], seed=seed, run_name=run)
+        run, fields = run_fields(entries, label, seed, runs_of, budget)
         if finished(log_root / run, build_config(preset, overrides=fields)) and \
                 (no_recovery or probed(log_root / run, probe) or stages_of(log_root / run) == 1):
             say(f"{label} seed {seed}: finished, reused ({log_root / run})")
@@ -390,6 +414,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stages", type=int, default=None,
                         help="run nothing: the table of the runs' first K stages (the sequence of their first K "
                              "tasks) from their logs as they are, for a comparison cut short (no recovery columns)")
+    parser.add_argument("--redo_changed", action="store_true", help="redo finished runs whose saved config differs "
+                                                                    "from this one (without it the comparison stops "
+                                                                    "and names them)")
     parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
                                                                    "illusory / real forgetting stay empty)")
     args, rest = parser.parse_known_args(argv)
@@ -404,6 +431,10 @@ def main(argv: list[str] | None = None) -> dict:
     runs_of = args.runs_of or name  # run folders logs/cmp_<runs_of>_<label>_s<seed>
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
+    changed = changed_finished_runs(entries, seeds, runs_of, preset, budget, log_root) if args.stages is None else []
+    if changed and not args.redo_changed:
+        parser.error(f"{len(changed)} finished run(s) hold another config and would be redone (--redo_changed to "
+                     f"redo them; or pin the fields on the command line, or choose another --name): {changed[0]}")
     if args.stages is None:
         run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root)
     runs = {label: [log_root / f"cmp_{runs_of}_{label}_s{s}" for s in seeds] for label in entries}

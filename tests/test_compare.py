@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from plot_loss import smooth, smooth_by_stage  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
 
 
-def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
+def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, capsys):
     logs, results = tmp_path / "logs", tmp_path / "results"
     # a variant (DS-LoRA + SLSD with one field changed) as the reference: its field reaches its runs
     argv = ["--preset", "smoke", "--methods", "seq_lora", "--variant", "kd2:kd_lambda=2", "--reference", "kd2",
@@ -64,6 +65,19 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch):
     assert compare_methods.main([*other, "--runs_of", "t"])["AP"] == result["AP"]
     assert (results / "t2.json").is_file() and not list(logs.glob("cmp_t2_*"))
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated and started == []
+
+    # a finished run of another config (here one more step) stops the comparison before any run, naming the field;
+    # --redo_changed redoes it
+    changed = [a if a != "2" or argv[i - 1] != "--max_steps" else "3" for i, a in enumerate(argv)]
+    with pytest.raises(SystemExit):
+        compare_methods.main(changed)
+    assert "max_steps 2 -> 3" in capsys.readouterr().err and started == []
+    monkeypatch.setattr(compare_methods.subprocess, "run",
+                        lambda command, **_: started.append(command) or subprocess.CompletedProcess(command, 1))
+    with pytest.raises(RuntimeError, match="failed"):  # the (stubbed) run process was started to redo it
+        compare_methods.main([*changed, "--redo_changed"])
+    assert started and all(command[command.index("--max_steps") + 1] == "3" for command in started)
+    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 
     # reused only as it is: another config, another probe setting or an evaluation after the summary is not
     run = logs / "cmp_t_seq_lora_s1"
