@@ -85,18 +85,22 @@ def plot_eval(run: Path) -> list[Path]:
         # each task its own marker and a small sideways shift, so that tasks with equal values stay visible
         shifted, marker = [x + 1 + 0.06 * (k - (len(tasks) - 1) / 2) for x in xs], "osD^vP*X"[k % 8]
         scores = [by_stage[x]["score"] for x in xs]
-        axes[0].errorbar(shifted, scores, yerr=error_bars(scores, [by_stage[x]["score_ci"] for x in xs]),
-                         marker=marker, capsize=3, label=task)
+        full = [i for i, x in enumerate(xs) if "sample_positions" not in by_stage[x]]  # scored on every sample
+        line = axes[0].errorbar(shifted, scores, yerr=error_bars(scores, [by_stage[x]["score_ci"] for x in xs]),
+                                marker=marker, mfc="none", capsize=3, label=task)[0]
+        axes[0].plot([shifted[i] for i in full], [scores[i] for i in full], marker, color=line.get_color())
         for ax, key in zip(axes[1:], ("format_rate", "eval_loss")):
-            ax.plot(shifted, [by_stage[x].get(key) for x in xs], marker=marker, label=task)
+            values = [by_stage[x].get(key) for x in xs]
+            ax.plot(shifted, values, marker=marker, mfc="none", color=line.get_color(), label=task)
+            ax.plot([shifted[i] for i in full], [values[i] for i in full], marker, color=line.get_color())
     for ax, title in zip(axes, ("task score (95 % interval)", "format compliance", "eval loss (references)")):
         ax.set_xticks(range(len(stages)), stages, rotation=30, fontsize=7)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     subset = max((len(r["sample_positions"]) for r in rows if "sample_positions" in r), default=0)
     fig.suptitle(f"{run.name}: every task across stages (falling score and format at steady loss = illusory forgetting)"
-                 + (f"\nbefore the last stage each point scores a fixed {subset} of the samples (early_eval_samples)"
-                    if subset else ""), fontsize=9)
+                 + (f"\nhollow markers: before the last stage a point scores a fixed {subset} of the samples "
+                    f"(early_eval_samples); filled: every sample" if subset else ""), fontsize=9, y=1.06)
     return [_save(fig, run / "eval_by_task.png"), plot_score_matrix(run, summary, stages)]
 
 
