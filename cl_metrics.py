@@ -66,7 +66,7 @@ def best_earlier(R: np.ndarray) -> np.ndarray:
     return np.where(reached, R[..., :-1, :-1], -np.inf).max(-2)
 
 
-def forgetting_split(R, recovered) -> dict[str, np.ndarray]:
+def forgetting_split(R, recovered, base=None, control=None) -> dict[str, np.ndarray]:
     """Each old task's drop split by a recovery probe into an illusory and a real part (recovery_probe.py).
 
     ``recovered[j]``: task j's score after its probe (the task's final score where it was not probed). Per old task
@@ -79,13 +79,28 @@ def forgetting_split(R, recovered) -> dict[str, np.ndarray]:
         real_i     = drop_i − illusory_i                   so that mean(illusory) + mean(real) = forgetting exactly
 
     A task whose score rose (drop_i < 0) has illusory 0 and real = drop_i, as ``forgetting`` counts it.
+
+    The probe also teaches: a few steps can raise a score that was never known. With the probe's control
+    (``control[j]``: task j's score after the same probe from the base model, whose score is ``base[j]``; the base
+    score where it was not probed) the part brought back beyond what the probe teaches from scratch is
+
+        taught_i              = Ctrl[i] − base[i]
+        illusory_controlled_i = clip(gain_i − max(taught_i, 0), 0, max(drop_i, 0))   ≤ illusory_i
+
+    so illusory_controlled ≤ illusory: the illusory part lies between the two readings.
     """
     R, recovered = np.asarray(R, dtype=float), np.asarray(recovered, dtype=float)
     best, final = best_earlier(R), R[..., -1, :-1]
     drop, gain = best - final, recovered[..., :-1] - final
     illusory = np.clip(gain, 0, np.maximum(drop, 0))
-    return dict(best=best, final=final, recovered=recovered[..., :-1], drop=drop, gain=gain, illusory=illusory,
-                real=drop - illusory)
+    split = dict(best=best, final=final, recovered=recovered[..., :-1], drop=drop, gain=gain, illusory=illusory,
+                 real=drop - illusory)
+    if control is not None:
+        control = np.asarray(control, dtype=float)[..., :-1]
+        taught = control - np.asarray(base, dtype=float)[..., :-1]
+        split |= dict(control=control, taught=taught,
+                      illusory_controlled=np.clip(gain - np.maximum(taught, 0), 0, np.maximum(drop, 0)))
+    return split
 
 
 def group_mean(scores, groups) -> np.ndarray | float:
@@ -207,19 +222,26 @@ class Bootstrap:
             out[key] = (float(value), resampled)
         return out
 
-    def recovery(self, runs: list[list], recovered: list[list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def recovery(self, runs: list[list], recovered: list[list], control: list[list] | None = None
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """``forgetting_split`` of each run, seed-mean: per old task (arrays over tasks i < T-1) and averaged over
-        them (forgetting, forgetting_illusory, forgetting_real), each (value, resamples). ``recovered[k][j]``: the
-        per-sample scores of task j after its probe in seed k's run. The probe's row joins the run's rows, so one
-        draw of a task's samples scores R and the probe alike (the same samples as ``figures``)."""
+        them (forgetting, forgetting_illusory, forgetting_real; with ``control``, forgetting_illusory_controlled),
+        each (value, resamples). ``recovered[k][j]`` (``control[k][j]``): the per-sample scores of task j after its
+        probe from seed k's final checkpoint (from the base model). The probes' rows join the run's rows, so one
+        draw of a task's samples scores R and the probes alike (the same samples as ``figures``)."""
         per_seed = []
-        for scores, probe in zip(runs, recovered):
-            point, resampled = self.matrix([np.vstack([s, p]) for s, p in zip(scores, probe)], shared=True)
-            per_seed.append((forgetting_split(point[1:-1], point[-1]),
-                             forgetting_split(resampled[:, 1:-1], resampled[:, -1])))
+        for k, (scores, probe) in enumerate(zip(runs, recovered)):
+            extra = [probe] if control is None else [probe, control[k]]
+            point, resampled = self.matrix([np.vstack([s, *rows]) for s, *rows in zip(scores, *extra)], shared=True)
+            last = point.shape[0] - len(extra)  # rows: base, the stages, the probes
+            per_seed.append(tuple(forgetting_split(m[..., 1:last, :], m[..., last, :], m[..., 0, :],
+                                                   None if control is None else m[..., last + 1, :])
+                                  for m in (point, resampled)))
         out = {key: self.pool([p[key] for p, _ in per_seed], [r[key] for _, r in per_seed]) for key in per_seed[0][0]}
-        for name, key in (("forgetting", "drop"), ("forgetting_illusory", "illusory"), ("forgetting_real", "real")):
-            out[name] = (out[key][0].mean(-1), out[key][1].mean(-1))
+        for name, key in (("forgetting", "drop"), ("forgetting_illusory", "illusory"), ("forgetting_real", "real"),
+                          ("forgetting_illusory_controlled", "illusory_controlled")):
+            if key in out:
+                out[name] = (out[key][0].mean(-1), out[key][1].mean(-1))
         return out
 
     def drift(self, nll: list[list], tokens: list[list], formats: list[list]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -274,16 +296,22 @@ def run_samples(rows: dict, tasks: list[str], stages: int, key: str = "sample_sc
             [rows[(-1, t)]["sample_groups"] for t in tasks])
 
 
-def recovery_samples(rows: dict, probes: dict, tasks: list[str], stages: int) -> dict[str, list]:
+def recovery_samples(rows: dict, probes: dict, tasks: list[str], stages: int, controls: dict | None = None
+                     ) -> dict[str, list]:
     """A run's per-sample inputs of ``recovery_report`` from its evaluation rows (as ``run_samples``) and its
     recovery probes {task: recovery.jsonl row}: scores and groups, recovered (per task, the scores after its probe;
-    a task not probed keeps its final scores: gain 0, its whole drop counts as real) and the nll, tokens and format
-    of every evaluation."""
+    a task not probed keeps its final scores: gain 0, its whole drop counts as real), the nll, tokens and format
+    of every evaluation, and control (per task, the scores after the probe from the base model: ``controls``; a
+    task not probed keeps its base scores) when every probed task has its control, else None."""
     scores, groups = run_samples(rows, tasks, stages)
     recovered = [probes[t]["sample_scores"] if t in probes else rows[(stages - 1, t)]["sample_scores"] for t in tasks]
     nll, tokens, formats = (run_samples(rows, tasks, stages, key)[0]
                             for key in ("sample_nll", "sample_tokens", "sample_format"))
-    return dict(scores=scores, groups=groups, recovered=recovered, nll=nll, tokens=tokens, formats=formats)
+    control = None
+    if controls is not None and all(t in controls for t in probes):
+        control = [controls[t]["sample_scores"] if t in probes else rows[(-1, t)]["sample_scores"] for t in tasks]
+    return dict(scores=scores, groups=groups, recovered=recovered, nll=nll, tokens=tokens, formats=formats,
+                control=control)
 
 
 def format_score(value: float | None, ci: list[float] | None, sign: bool = False) -> str:
@@ -316,12 +344,14 @@ def recovery_report(runs: list[dict], tasks: list[str], resamples: int) -> dict:
     final and recovered scores, drop, gain, illusory and real parts (``forgetting_split``), delta_loss and
     delta_format (``Bootstrap.drift``), each with its interval, and ``format_drift_only``."""
     bootstrap = Bootstrap(runs[0]["groups"], resamples, seeds=len(runs))
-    split = bootstrap.recovery([r["scores"] for r in runs], [r["recovered"] for r in runs])
+    controlled = all(r.get("control") is not None for r in runs)
+    split = bootstrap.recovery([r["scores"] for r in runs], [r["recovered"] for r in runs],
+                               [r["control"] for r in runs] if controlled else None)
     drift = bootstrap.drift(*([r[key] for r in runs] for key in ("nll", "tokens", "formats")))
     report = {}
-    for key in ("forgetting", "forgetting_illusory", "forgetting_real"):
-        value, resampled = split.pop(key)
-        report[key], report[f"{key}_ci"] = float(value), interval(resampled)
+    for key in ("forgetting", "forgetting_illusory", "forgetting_real", "forgetting_illusory_controlled"):
+        value, resampled = split.pop(key, (None, None))
+        report[key], report[f"{key}_ci"] = (None, None) if value is None else (float(value), interval(resampled))
     per_task = {}
     for j, task in enumerate(tasks[:-1]):
         entry = {}

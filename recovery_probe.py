@@ -32,14 +32,19 @@ Seeded with config.seed + the task's index: the same run always gives the same p
 the run's own inference rule.
 
 Which tasks: by default every old task whose score fell (d_i > 0); ``--tasks`` names them instead. A task not probed
-keeps its final score as Rec (gain 0: whatever drop a resample draws counts as real). Caveat: the probe trains on
-the task, so it can also teach what was never known, and the illusory part is an upper bound; a control (the same
-probe from the base model, to see what a few steps teach from scratch) is not run here.
+keeps its final score as Rec (gain 0: whatever drop a resample draws counts as real).
 
-Writes logs/<run>/recovery.jsonl (one row per probed task; resumable: a task that has a row of the same setting,
-every field the probe runs with, is not probed again), recovery/<task>_train_loss.jsonl, recovery.json (the split
-and the drift with their intervals) and recovery.png (per task: best, final and after-probe scores; the drop split
-into its illusory and real parts).
+The control: the probe trains on the task, so it can also teach what was never known, and illusory_i is an upper
+bound. Each probed task is therefore probed a second time, the same way (steps, samples, seed, optimizer), from the
+base model (the run's method built afresh: its adapters contribute 0) -> Ctrl[i], and the part brought back beyond
+what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, d_i)
+(cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two.
+
+Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
+has a row of the same setting, every field the probe runs with, is not run again),
+recovery/<task>_<start>_train_loss.jsonl, recovery.json (the split, its controlled reading and the drift with
+their intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
+illusory and real parts, and the illusory part beyond the control).
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ from plot_loss import error_bars  # noqa: E402
 from sequential import Sequence  # noqa: E402
 from training import train_stage  # noqa: E402
 from utils_data import SFTDataset, json_ready, make_loader, read_rows, read_task, task_name  # noqa: E402
+
+STARTS = ("final", "base")  # where a task's probes start: the run's final checkpoint, and the base model (control)
 
 
 def say(line: str) -> None:
@@ -105,18 +112,21 @@ def eval_rows(run: Path, tasks: list[str]) -> dict:
     return rows
 
 
-def read_probes(run: Path, setting: str) -> dict[str, dict]:
+def read_probes(run: Path, setting: str, start: str = "final") -> dict[str, dict]:
     """The run's recovery.jsonl rows of this probe setting (``config_digest`` of every field the probe ran with: the
-    run's config under the command line's fields), {task: row}; rows of another setting stay unused."""
-    return {r["task"]: r for r in read_rows(run / "recovery.jsonl") if r.get("setting") == setting}
+    run's config under the command line's fields) that start from ``start`` (``final``: the final checkpoint, the
+    probe; ``base``: the base model, its control), {task: row}; rows of another setting stay unused."""
+    return {r["task"]: r for r in read_rows(run / "recovery.jsonl")
+            if r.get("setting") == setting and r.get("start", "final") == start}
 
 
-def probe_task(method: Method, task: str, index: int, checkpoint: Path, records: list[dict],
+def probe_task(method: Method, task: str, index: int, checkpoint: Path | None, records: list[dict],
                positions: list[int] | None, steps: int, log_path: Path) -> dict:
     """Task ``task``'s evaluation summary on ``records`` (``positions``: those of them only) after ``steps``
-    recovery steps from ``checkpoint``."""
+    recovery steps from ``checkpoint`` (None: from ``method`` as it is, a freshly built one for the control)."""
     config = method.config
-    method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
+    if checkpoint is not None:
+        method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
     key = method.eval_key(task)
     if key in method.dslora.fast_names:  # a task scored with a fast branch of its own trains that branch
         method.dslora.set_active_fast(key)
@@ -135,10 +145,13 @@ def probe_task(method: Method, task: str, index: int, checkpoint: Path, records:
 
 
 def headline(report: dict) -> str:
-    """``forgetting 0.250 [0.00, 0.50] = illusory ... + real ...``."""
-    return " = ".join([f"forgetting {format_score(report['forgetting'], report['forgetting_ci'])}",
+    """``forgetting 0.250 [0.00, 0.50] = illusory ... + real ...; illusory beyond the control ...``."""
+    line = " = ".join([f"forgetting {format_score(report['forgetting'], report['forgetting_ci'])}",
                        " + ".join(f"{key} {format_score(report[f'forgetting_{key}'], report[f'forgetting_{key}_ci'])}"
                                   for key in ("illusory", "real"))])
+    controlled = report.get("forgetting_illusory_controlled")
+    return line if controlled is None else \
+        f"{line}; illusory beyond the control {format_score(controlled, report['forgetting_illusory_controlled_ci'])}"
 
 
 def plot_recovery(report: dict, path: Path, title: str) -> Path:
@@ -147,19 +160,25 @@ def plot_recovery(report: dict, path: Path, title: str) -> Path:
     tasks = report["tasks"]
     names = [t + ("*" if e["format_drift_only"] else "") for t, e in tasks.items()]
     fig, (left, right) = plt.subplots(1, 2, figsize=(5 + 2.4 * len(tasks), 4), layout="constrained")
-    for k, (key, label) in enumerate([("best", "best before the last stage"), ("final", "after the last stage"),
-                                      ("recovered", "after the recovery probe")]):
+    bars = [("best", "best before the last stage"), ("final", "after the last stage"),
+            ("recovered", "after the recovery probe"), ("control", "base model after the same probe (control)")]
+    bars = [(key, label) for key, label in bars if all(key in e for e in tasks.values())]
+    width = 0.8 / len(bars)
+    for k, (key, label) in enumerate(bars):
         values = [e[key] for e in tasks.values()]
-        left.bar(np.arange(len(tasks)) + (k - 1) * 0.27, values, 0.27, label=label, capsize=2,
+        left.bar(np.arange(len(tasks)) + (k - (len(bars) - 1) / 2) * width, values, width, label=label, capsize=2,
                  yerr=error_bars(values, [e[f"{key}_ci"] for e in tasks.values()]))
     left.set_xticks(range(len(tasks)), names, rotation=30, fontsize=8)
     left.set_ylabel("score [95 % interval]")
     left.legend(fontsize=7)
-    for k, key in enumerate(["illusory", "real"]):
+    parts = [key for key in ("illusory", "illusory_controlled", "real") if report.get(f"forgetting_{key}") is not None]
+    width = 0.8 / len(parts)
+    for k, key in enumerate(parts):
         values = [e[key] for e in tasks.values()] + [report[f"forgetting_{key}"]]
         intervals = [e[f"{key}_ci"] for e in tasks.values()] + [report[f"forgetting_{key}_ci"]]
-        right.bar(np.arange(len(values)) + (k - 0.5) * 0.4, values, 0.4, label=f"{key} forgetting", capsize=2,
-                  yerr=error_bars(values, intervals))
+        label = "illusory beyond the control" if key == "illusory_controlled" else f"{key} forgetting"
+        right.bar(np.arange(len(values)) + (k - (len(parts) - 1) / 2) * width, values, width, label=label,
+                  capsize=2, yerr=error_bars(values, intervals))
     right.axhline(0, color="grey", linewidth=0.5)
     right.set_xticks(range(len(tasks) + 1), [*names, "mean"], rotation=30, fontsize=8)
     right.set_ylabel("drop in score [95 % interval]")
@@ -185,47 +204,57 @@ def main(argv: list[str] | None = None) -> dict:
                           f"(old tasks: {', '.join(drop)})")
     probes_path = run / "recovery.jsonl"
     setting = config_digest(config)
-    probes = read_probes(run, setting)
-    todo = [t for t in chosen if t not in probes]
+    probes = {start: read_probes(run, setting, start) for start in STARTS}
+    todo = [(task, start) for task in chosen for start in STARTS if task not in probes[start]]
     checkpoint = Path(config.checkpoint_dir) / run.name / f"stage_{len(tasks) - 1}_{Sequence.stage_name(tasks[-1:])}"
-    say(f"{run.name}: {len(chosen)} task(s) to probe ({', '.join(chosen) or 'no old task fell'}), "
-        f"{len(chosen) - len(todo)} already in {probes_path.name}")
-    if todo:
-        if not (checkpoint / "adapters.safetensors").is_file():
-            raise FileNotFoundError(f"no final checkpoint {checkpoint} (adapters.safetensors): the probe starts from it")
-        set_seed(config.seed)
-        device = pick_device(config)
-        method = make_method(load_model(config, device), load_tokenizer(config), config, device,
-                             autocast_dtype(config, device))
-    for task in todo:
+    say(f"{run.name}: {len(chosen)} task(s) to probe ({', '.join(chosen) or 'no old task fell'}), each from the final "
+        f"checkpoint and from the base model (its control); {len(chosen) * len(STARTS) - len(todo)} probe(s) already "
+        f"in {probes_path.name}")
+    if todo and not (checkpoint / "adapters.safetensors").is_file():
+        raise FileNotFoundError(f"no final checkpoint {checkpoint} (adapters.safetensors): the probe starts from it")
+    for task, start in todo:
         index = tasks.index(task)
         records = select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
                                  config.max_eval_samples, config.eval_subset_seed)  # the samples the run evaluated
         # with early_eval_samples, only the fixed subset: the split reads the probe where every evaluation scored
         positions = subset_positions(records, config.early_eval_samples, config.eval_subset_seed) \
             if config.early_eval_samples else None
-        say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from {checkpoint.name}")
-        summary = probe_task(method, task, index, checkpoint, records, positions, config.recovery_steps,
-                             run / "recovery" / f"{task_name(task)}_train_loss.jsonl")
+        origin = checkpoint if start == "final" else None
+        say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from "
+            f"{checkpoint.name if origin else 'the base model (control)'}")
+        summary = probe_task(fresh_method(config), task, index, origin, records, positions, config.recovery_steps,
+                             run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
         strata = rows[(len(tasks) - 1, task)]["sample_groups"]
         if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
                               "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
         # laid out as the run's rows: NaN (null in the file) where the probe did not score
         summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
-        probes[task] = dict(task=task, checkpoint=str(checkpoint), setting=setting,
-                            recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
+        probes[start][task] = dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
+                                   recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples,
+                                   **summary)
         with probes_path.open("a") as handle:
-            handle.write(json.dumps(json_ready(probes[task]), allow_nan=False) + "\n")
-        say(f"{task}: score best {best[index]:.3f}, final {R[-1, index]:.3f}, after the probe {summary['score']:.3f}")
-    return write_report(run, config, rows, probes)
+            handle.write(json.dumps(json_ready(probes[start][task]), allow_nan=False) + "\n")
+        reference = dict(final=f"best {best[index]:.3f}, final {R[-1, index]:.3f}",
+                         base=f"base {rows[(-1, task)]['score']:.3f}")[start]
+        say(f"{task}: score {reference}, after the probe from the {start} {summary['score']:.3f}")
+    return write_report(run, config, rows, probes["final"], probes["base"])
 
 
-def write_report(run: Path, config, rows: dict, probes: dict[str, dict]) -> dict:
-    """recovery.json (cl_metrics.recovery_report of the run and its probes, with which tasks were probed) and
-    recovery.png."""
+def fresh_method(config) -> Method:
+    """The run's method built afresh on the base model (its adapters contribute 0), seeded as the run was."""
+    set_seed(config.seed)
+    device = pick_device(config)
+    return make_method(load_model(config, device), load_tokenizer(config), config, device,
+                       autocast_dtype(config, device))
+
+
+def write_report(run: Path, config, rows: dict, probes: dict[str, dict], controls: dict[str, dict]) -> dict:
+    """recovery.json (cl_metrics.recovery_report of the run, its probes and their controls, with which tasks were
+    probed) and recovery.png."""
     tasks = config.tasks
-    report = recovery_report([recovery_samples(rows, probes, tasks, len(tasks))], tasks, config.bootstrap_resamples)
+    report = recovery_report([recovery_samples(rows, probes, tasks, len(tasks), controls)], tasks,
+                             config.bootstrap_resamples)
     for task, entry in report["tasks"].items():
         entry["probed"] = task in probes
     report = dict(run=run.name, method=config.method, setting=config_digest(config),

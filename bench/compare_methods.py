@@ -21,7 +21,8 @@ and forgetting with its interval, marked where the interval excludes 0; bench/re
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
 (in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
 table splits each method's forgetting into its illusory part (brought back by the probe) and its real part, which add
-up to it, and names the old tasks flagged format_drift_only (format fell while the eval loss held), all pooled over
+up to it, gives the illusory part beyond what the same probe teaches the base model (the probe's control: a lower
+reading), and names the old tasks flagged format_drift_only (format fell while the eval loss held), all pooled over
 seeds with the same resampled samples and seeds as the other figures (cl_metrics.recovery_report).
 
 Intervals (cl_metrics.Bootstrap): every run evaluates the same test samples (evaluation.select_samples), so one
@@ -76,7 +77,9 @@ VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
 PROBE_FIELDS = ("recovery_steps", "recovery_samples")  # read by recovery_probe.py only: passed to it, not to the run
 PAIRED = ("AP", "BWT", "LA", "forgetting")
 LOSS_METRICS = ("loss_final", "loss_BWT")
-RECOVERY = ("forgetting_illusory", "forgetting_real")  # forgetting = illusory + real (recovery_probe.py)
+# forgetting = illusory + real (recovery_probe.py); illusory_controlled: the illusory part beyond what the probe
+# teaches the base model (its control), a lower reading of the illusory part
+RECOVERY = ("forgetting_illusory", "forgetting_real", "forgetting_illusory_controlled")
 
 
 def say(line: str) -> None:
@@ -146,8 +149,8 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
     tasks, samples = summaries[0]["tasks"], []
     for run in runs:
         setting = json.loads((run / "recovery.json").read_text())  # the setting the probe ran with
-        probes = read_probes(run, setting["setting"])
-        samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks)))
+        probes, controls = (read_probes(run, setting["setting"], start) for start in ("final", "base"))
+        samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks), controls))
     return recovery_report(samples, tasks, resamples)
 
 
@@ -205,8 +208,8 @@ def recovery_cells(recovery: dict | None) -> list[str]:
 
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
              seeds: list[str], reference: str = REFERENCE, stages: int | None = None) -> str:
-    head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "format drift only", *tasks, "final eval loss",
-            "loss BWT", "trainable params", "train wall s", "peak MB"]
+    head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "illusory beyond control",
+            "format drift only", *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
              f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the test samples and"
@@ -215,8 +218,9 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
              " the last stage and loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e."
              " forgetting). Forgetting = illusory + real forgetting: the part of each old task's drop that a"
              " recovery probe (a few steps on a few of its training samples from the final checkpoint) brings back,"
-             " and the rest; format drift only: old tasks whose format compliance fell while their eval loss held"
-             " (– : not probed).", "",
+             " and the rest; illusory beyond control: the part brought back beyond what the same probe teaches the"
+             " base model (its control), so the illusory part lies between it and the illusory column; format drift"
+             " only: old tasks whose format compliance fell while their eval loss held (– : not probed).", "",
              *([f"Cut short: every figure is that of the runs' first {stages} stages ({' → '.join(tasks)}), rebuilt"
                 " from their logs; recovery not shown.", ""] if stages is not None else []),
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -321,14 +325,15 @@ def finished(run: Path, config) -> bool:
 
 def probed(run: Path, probe: dict) -> bool:
     """Whether ``run``'s recovery report is of this probe setting (recovery_probe.py's: the run's config under the
-    probe's fields), newer than its evaluations, and every task whose score fell has its probe row of that setting
-    in recovery.jsonl (what the table reads): then the probe is not started again."""
+    probe's fields), newer than its evaluations, and every task whose score fell has its probe and control rows of
+    that setting in recovery.jsonl (what the table reads): then the probe is not started again."""
     report = run / "recovery.json"
     if not report.is_file() or report.stat().st_mtime < (run / "eval.jsonl").stat().st_mtime:
         return False
     setting = config_digest(build_config(config_file=str(run / "config.json"), overrides=probe))
-    stored, rows = json.loads(report.read_text()), read_probes(run, setting)
-    return stored.get("setting") == setting and all(t in rows for t, e in stored["tasks"].items() if e["drop"] > 0)
+    stored, rows = json.loads(report.read_text()), [read_probes(run, setting, start) for start in ("final", "base")]
+    return stored.get("setting") == setting and all(t in r for r in rows for t, e in stored["tasks"].items()
+                                                    if e["drop"] > 0)
 
 
 def run_fields(entries: dict[str, dict[str, str]], label: str, seed: str, runs_of: str,

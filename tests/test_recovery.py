@@ -46,6 +46,10 @@ SAMPLES = {
 }
 GROUPS = [[""] * 4, [""] * 4, [""] * 4, ["harmful", "harmful", "benign", "benign"], [""] * 4]
 EXPECTED = dict(illusory=[0.5, 0.0, 0.25, 0.0], real=[0.0, 0.5, 0.25, -0.25])
+# The same probe from the base model (scores 0 everywhere): it teaches overshoot 0.5 (of its gain 0.75: 0.25 is
+# beyond the control), partial 0.25 (its whole gain: nothing beyond), lost nothing (nothing came back either)
+CONTROL = [[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+EXPECTED_CONTROLLED = [0.25, 0.0, 0.0, 0.0]
 
 
 def hand_run() -> tuple[list, list]:
@@ -77,6 +81,28 @@ def test_illusory_plus_real_is_the_forgetting_figure_task_by_task():
     assert report["forgetting_ci"] == figures_with_ci(scores, GROUPS, 300)["forgetting_ci"]  # the same draws
     assert list(report["tasks"]) == ["overshoot", "lost", "partial", "rose"]  # the last task cannot be forgotten
     assert [report["tasks"][t]["illusory"] for t in report["tasks"]] == EXPECTED["illusory"]
+    assert report["forgetting_illusory_controlled"] is None  # no control rows: no controlled reading
+
+
+def test_the_control_takes_off_what_the_probe_teaches_from_scratch():
+    scores, recovered = hand_run()
+    control = [np.asarray(c, dtype=float) for c in CONTROL]
+    bootstrap = Bootstrap(GROUPS, 300)
+    point, _ = bootstrap.matrix(scores)
+    probe_rows = [bootstrap.matrix([r[None] for r in rows])[0][0] for rows in (recovered, control)]
+    split = forgetting_split(point[1:], probe_rows[0], point[0], probe_rows[1])
+    assert split["taught"].tolist() == [0.5, 0.0, 0.25, 1.0] and split["illusory_controlled"].tolist() == \
+        EXPECTED_CONTROLLED
+    assert (split["illusory_controlled"] <= split["illusory"]).all()
+    worse = forgetting_split(point[1:], probe_rows[0], point[0] + 0.5, probe_rows[1])  # the probe hurt the base
+    assert worse["illusory_controlled"].tolist() == EXPECTED["illusory"]  # a harmful control adds nothing
+    data = dict(scores=scores, groups=GROUPS, recovered=recovered, control=control,
+                **{key: [np.ones_like(s) for s in scores] for key in ("nll", "tokens", "formats")})
+    report = recovery_report([data], list(SAMPLES), 300)
+    assert report["forgetting_illusory_controlled"] == pytest.approx(0.25 / 4)
+    lo, hi = report["forgetting_illusory_controlled_ci"]
+    assert 0 <= lo <= 0.25 / 4 <= hi <= report["forgetting_illusory_ci"][1]
+    assert [report["tasks"][t]["illusory_controlled"] for t in report["tasks"]] == EXPECTED_CONTROLLED
 
 
 def test_format_drift_only_needs_a_fallen_format_and_a_held_loss():
@@ -133,7 +159,26 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
     moved = {key.split(".")[-2] for key in saved if not torch.equal(saved[key], now[key])}  # slow, or a fast name
     assert moved == {"slow", "T2_math"}  # T2's own fast branch, not the active one of the last stage (T1's)
     row = read_rows(logs / "recovery.jsonl")[0]
-    assert row["task"] == "T2_math" and row["sample_nll"] == pytest.approx(probed["sample_nll"], rel=1e-6)
+    assert (row["task"], row["start"]) == ("T2_math", "final")
+    assert row["sample_nll"] == pytest.approx(probed["sample_nll"], rel=1e-6)
+
+
+def test_the_control_probe_starts_from_the_base_model(probed_run, tmp_path):
+    logs, checkpoint, report = probed_run
+    config = build_config("smoke", str(logs / "config.json"))
+    records = select_samples(read_task("T2_math", config.eval_split, config.data_dir)[0], config.max_eval_samples,
+                             config.eval_subset_seed)
+    base = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (-1, "T2_math"))
+    untouched = recovery_probe.probe_task(recovery_probe.fresh_method(config), "T2_math", 0, None, records, None, 0,
+                                          tmp_path / "loss.jsonl")
+    assert untouched["sample_nll"] == pytest.approx(base["sample_nll"], rel=1e-5)  # no step: the base row
+    controls = [r for r in read_rows(logs / "recovery.jsonl") if r["start"] == "base"]
+    assert [(r["task"], r["checkpoint"]) for r in controls] == [("T2_math", "base"), ("T5_safety", "base")]
+    assert controls[0]["eval_loss"] != pytest.approx(base["eval_loss"], rel=1e-4)  # its steps did train
+    for task, entry in report["tasks"].items():
+        control = next(r for r in controls if r["task"] == task)
+        assert entry["control"] == pytest.approx(control["score"])
+        assert entry["illusory_controlled"] <= entry["illusory"]
 
 
 def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_path, monkeypatch):
@@ -141,22 +186,24 @@ def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_pa
     copy = tmp_path / "logs" / "run"  # the same run name: the same checkpoint
     shutil.copytree(logs, copy)
     first = read_rows(copy / "recovery.jsonl")
-    assert [r["task"] for r in first] == ["T2_math", "T5_safety"]
+    assert [(r["task"], r["start"]) for r in first] == [("T2_math", "final"), ("T2_math", "base"),
+                                                         ("T5_safety", "final"), ("T5_safety", "base")]
     probed, probe = [], recovery_probe.probe_task
-    monkeypatch.setattr(recovery_probe, "probe_task",
-                        lambda method, task, *rest: probed.append(task) or probe(method, task, *rest))
+    monkeypatch.setattr(recovery_probe, "probe_task", lambda method, task, index, start, *rest: probed.append(
+        (task, "base" if start is None else "final")) or probe(method, task, index, start, *rest))
     argv = ["--run", str(copy), *PROBE]
-    assert recovery_probe.main(argv) == report and probed == []  # both done: nothing is probed again
-    (copy / "recovery.jsonl").write_text(json.dumps(first[0]) + "\n")  # T5's probe lost
+    assert recovery_probe.main(argv) == report and probed == []  # all done: nothing is probed again
+    (copy / "recovery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first[:2]))  # T5's probes lost
     recovery_probe.main(argv)
-    assert probed == ["T5_safety"]
-    again = read_rows(copy / "recovery.jsonl")[1]
-    # T5 probed first in a fresh process equals T5 probed after T2's probe: each starts from the final checkpoint
-    assert again["sample_nll"] == pytest.approx(first[1]["sample_nll"], rel=1e-6)
-    assert again["sample_scores"] == first[1]["sample_scores"]
+    assert probed == [("T5_safety", "final"), ("T5_safety", "base")]
+    again = read_rows(copy / "recovery.jsonl")[2:]
+    # T5 probed first in a fresh process equals T5 probed after T2's probe: each starts afresh
+    for row, before in zip(again, first[2:]):
+        assert row["sample_nll"] == pytest.approx(before["sample_nll"], rel=1e-6)
+        assert row["sample_scores"] == before["sample_scores"]
     probed.clear()  # another learning rate is another probe setting: nothing of the first is reused
     recovery_probe.main([*argv, "--lr_fast", "0.02"])
-    assert probed == ["T2_math", "T5_safety"]
+    assert [task for task, _ in probed] == ["T2_math", "T2_math", "T5_safety", "T5_safety"]
     assert json.loads((copy / "recovery.json").read_text())["setting"] != read_rows(copy / "recovery.jsonl")[0]["setting"]
 
 
@@ -170,11 +217,11 @@ def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_ru
     assert list(report["tasks"]) == ["T2_math", "T5_safety"] and all(e["probed"] for e in report["tasks"].values())
     assert (logs / "recovery.png").stat().st_size > 0
     pooled = compare_methods.recovery_figures([logs, logs], [summary, summary], 200)  # two seeds, the same run
-    for key in ("forgetting", "forgetting_illusory", "forgetting_real"):
+    for key in ("forgetting", "forgetting_illusory", "forgetting_real", "forgetting_illusory_controlled"):
         assert pooled[key] == pytest.approx(report[key])
     assert compare_methods.recovery_cells(pooled)[-1] == ", ".join(
         t for t, e in pooled["tasks"].items() if e["format_drift_only"]) or "none"
-    assert compare_methods.recovery_cells(None) == ["–", "–", "–"]
+    assert compare_methods.recovery_cells(None) == ["–"] * 4
 
 
 def test_with_a_subset_before_the_last_stage_the_probe_scores_that_subset(small_data, tmp_path):
