@@ -165,9 +165,11 @@ def plot_recovery(report: dict, path: Path, title: str) -> Path:
     bars = [(key, label) for key, label in bars if all(key in e for e in tasks.values())]
     width = 0.8 / len(bars)
     for k, (key, label) in enumerate(bars):
-        values = [e[key] for e in tasks.values()]
+        drawn = [key != "control" or e["probed"] for e in tasks.values()]  # a task not probed has no control
+        values = [e[key] if d else np.nan for e, d in zip(tasks.values(), drawn)]
+        intervals = [e[f"{key}_ci"] if d else None for e, d in zip(tasks.values(), drawn)]
         left.bar(np.arange(len(tasks)) + (k - (len(bars) - 1) / 2) * width, values, width, label=label, capsize=2,
-                 yerr=error_bars(values, [e[f"{key}_ci"] for e in tasks.values()]))
+                 yerr=error_bars(values, intervals))
     left.set_xticks(range(len(tasks)), names, rotation=30, fontsize=8)
     left.set_ylabel("score [95 % interval]")
     left.legend(fontsize=7)
