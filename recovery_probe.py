@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 from pathlib import Path
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"{run.name}: {len(chosen)} task(s) to probe ({', '.join(chosen) or 'no old task fell'}), each from the final "
         f"checkpoint and from the base model (its control); {len(chosen) * len(STARTS) - len(todo)} probe(s) already "
         f"in {probes_path.name}")
-    if todo and not (checkpoint / "adapters.safetensors").is_file():
+    if any(start == "final" for _, start in todo) and not (checkpoint / "adapters.safetensors").is_file():
         raise FileNotFoundError(f"no final checkpoint {checkpoint} (adapters.safetensors): the probe starts from it")
     for task, start in todo:
         index = tasks.index(task)
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{checkpoint.name if origin else 'the base model (control)'}")
         summary = probe_task(fresh_method(config), task, index, origin, records, positions, config.recovery_steps,
                              run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
+        gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next one loads
         strata = rows[(len(tasks) - 1, task)]["sample_groups"]
         if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
@@ -259,6 +261,11 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict], control
                              config.bootstrap_resamples)
     for task, entry in report["tasks"].items():
         entry["probed"] = task in probes
+        if task not in controls and "control" in entry:  # its control and taught are the base score and 0 by construction, not measured
+            entry.update(control=None, control_ci=None, taught=None, taught_ci=None)
+    missing = [task for task in probes if task not in controls]
+    if missing:
+        say(f"no control probe of {', '.join(missing)}: the controlled reading is left out (run the probe again)")
     report = dict(run=run.name, method=config.method, setting=config_digest(config),
                   recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **report)
     (run / "recovery.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")

@@ -55,7 +55,8 @@ def config_changes(saved: Path, config: Config) -> dict[str, tuple]:
     if not saved.is_file():
         return {}
     old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
-    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    return {k: (old.get(k, "(absent)"), new.get(k, "(absent)")) for k in sorted(old.keys() | new.keys())
+            if k not in old or k not in new or old[k] != new[k]}
 
 
 def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:

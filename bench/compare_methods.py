@@ -325,11 +325,12 @@ def finished(run: Path, config) -> bool:
 
 def probed(run: Path, probe: dict) -> bool:
     """Whether ``run``'s recovery report is of this probe setting (recovery_probe.py's: the run's config under the
-    probe's fields), newer than its evaluations, and every task whose score fell has its probe and control rows of
-    that setting in recovery.jsonl (what the table reads): then the probe is not started again."""
+    probe's fields), newer than its evaluations and probe rows, and every task whose score fell has its probe and
+    control rows of that setting in recovery.jsonl (what the table reads): then the probe is not started again."""
     report = run / "recovery.json"
-    if not report.is_file() or report.stat().st_mtime < (run / "eval.jsonl").stat().st_mtime:
-        return False
+    if not report.is_file() or report.stat().st_mtime < max(
+            (run / name).stat().st_mtime for name in ("eval.jsonl", "recovery.jsonl") if (run / name).is_file()):
+        return False  # a report older than the evaluations or than a probe row (a probe stopped before its report)
     setting = config_digest(build_config(config_file=str(run / "config.json"), overrides=probe))
     stored, rows = json.loads(report.read_text()), [read_probes(run, setting, start) for start in ("final", "base")]
     return stored.get("setting") == setting and all(t in r for r in rows for t, e in stored["tasks"].items()

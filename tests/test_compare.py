@@ -72,6 +72,15 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     with pytest.raises(SystemExit):
         compare_methods.main(changed)
     assert "max_steps 2 -> 3" in capsys.readouterr().err and started == []
+    summaries = {run: (run / "summary.json").read_text() for run in evaluated}
+    for run in summaries:  # unfinished runs of another config are redone without asking: no stop
+        (run / "summary.json").unlink()
+    with pytest.raises(AttributeError):  # the stub started a run (it returns no exit code)
+        compare_methods.main([*changed, "--jobs", "1"])
+    assert started and "max_steps 2 -> 3" not in capsys.readouterr().err
+    started.clear()
+    for run, text in summaries.items():
+        (run / "summary.json").write_text(text)
     monkeypatch.setattr(compare_methods.subprocess, "run",
                         lambda command, **_: started.append(command) or subprocess.CompletedProcess(command, 1))
     with pytest.raises(RuntimeError, match="failed"):  # the (stubbed) run process was started to redo it

@@ -175,10 +175,12 @@ def test_the_control_probe_starts_from_the_base_model(probed_run, tmp_path):
     controls = [r for r in read_rows(logs / "recovery.jsonl") if r["start"] == "base"]
     assert [(r["task"], r["checkpoint"]) for r in controls] == [("T2_math", "base"), ("T5_safety", "base")]
     assert controls[0]["eval_loss"] != pytest.approx(base["eval_loss"], rel=1e-4)  # its steps did train
+    # the row main() wrote is the probe of a freshly built method (not of the weights an earlier probe left)
+    again = recovery_probe.probe_task(recovery_probe.fresh_method(config), "T2_math", 0, None, records, None, 2,
+                                      tmp_path / "loss.jsonl")
+    assert controls[0]["sample_nll"] == pytest.approx(again["sample_nll"], rel=1e-6)
     for task, entry in report["tasks"].items():
-        control = next(r for r in controls if r["task"] == task)
-        assert entry["control"] == pytest.approx(control["score"])
-        assert entry["illusory_controlled"] <= entry["illusory"]
+        assert entry["control"] == pytest.approx(next(r for r in controls if r["task"] == task)["score"])
 
 
 def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_path, monkeypatch):
