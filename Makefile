@@ -50,7 +50,10 @@ bench: setup $(DATA)
 	$(PY) bench/gpu_check.py
 	$(PY) bench/bench_gpu_throughput.py
 
+# The lower bound and the method with its ablation first (3 seeds), then every method; runs are reused across the two
+# and across sessions (each run resumes where it stopped).
 study: setup $(DATA)
+	$(PY) bench/compare_methods.py --jobs 2 --name study_core --runs_of study --methods seq_lora,ds_lora,ds_lora_slsd
 	$(PY) bench/compare_methods.py --jobs 2
 
 # ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
