@@ -1,4 +1,4 @@
-"""Base-model evaluation rows shared by runs (config.shared_base_dir).
+"""Base-model evaluation rows, and recovery-probe controls, shared by runs (config.shared_base_dir).
 
 Every run of a sequence scores the base model on every task before its first stage, and every method starts from
 the same base model (its adapters contribute exactly 0 before training: tests/test_eval_subset.py checks all of
@@ -12,9 +12,15 @@ kernels differ between processes, one base row for every run instead of rows tha
                the model folder's files (names, sizes, times), the evaluation code (SOURCE), the evaluated records)
 
 Any change of code, library, weights, samples or evaluation field gives another key: a stale row is not reused.
+
+The recovery probe's control (recovery_probe.py: the same probe from the base model) is likewise a property of the
+base model, the method's class and its training fields, not of the run's sequence: it is stored under
+``controls/`` by ``control_key`` and reused by every run that would compute the same one (in the study, ds_lora,
+ds_lora_slsd and SLSD's dose variants of one seed share theirs).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -52,12 +58,42 @@ def base_key(config, records: list[dict], layout: dict) -> str:
     fields = {k: getattr(config, k) for k in KEY_FIELDS}
     if config.tiny_random_model:  # its random weights come from the run's seed
         fields["seed"] = config.seed
-    digest = hashlib.sha1(json.dumps([fields, layout, torch.__version__, transformers.__version__, model_files(config)],
-                                     sort_keys=True, default=str).encode())
-    for path in sorted(p for pattern in SOURCE for p in ROOT.glob(pattern)):
-        digest.update(path.read_bytes())
-    digest.update(json.dumps(records, sort_keys=True, ensure_ascii=False).encode())
-    return digest.hexdigest()[:16]
+    return digest([fields, layout], config, SOURCE, records)
+
+
+def digest(head: list, config, source: tuple[str, ...], records) -> str:
+    """sha1 of ``head``, the library versions, the model folder's files, the code files of ``source`` and
+    ``records``, cut to 16 hex digits."""
+    sha = hashlib.sha1(json.dumps([*head, torch.__version__, transformers.__version__, model_files(config)],
+                                  sort_keys=True, default=str).encode())
+    for path in sorted(p for pattern in source for p in ROOT.glob(pattern)):
+        sha.update(path.read_bytes())
+    sha.update(json.dumps(records, sort_keys=True, ensure_ascii=False).encode())
+    return sha.hexdigest()[:16]
+
+
+# Config fields a recovery probe's control (the method built afresh on the base model, recovery_steps at a constant
+# rate on a task, then that task's evaluation: recovery_probe.py) never reads: logging and checkpoints, the stages'
+# own schedule, and SLSD's distillation and fast-branch handling, which act only across stages. Runs whose configs
+# differ only in these (ds_lora and ds_lora_slsd, SLSD's dose variants) share a control (tests/test_recovery.py
+# checks that such controls are equal when computed).
+CONTROL_FREE = ("run_name", "log_dir", "checkpoint_dir", "log_every", "export_peft", "save_every", "report_to",
+                "max_steps", "epochs", "lr_schedule", "warmup_ratio", "eval_scope", "use_slsd", "probe_size",
+                "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature", "kd_every",
+                "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "shared_base_dir")
+
+
+def control_key(config, method_class: str, task: str, records: list, layout: dict) -> str:
+    """The digest under which a task's recovery control is stored: every config field but CONTROL_FREE (the method
+    by the class that runs it), ``layout`` (device, dtypes), the training, evaluation and probe code, ``records``
+    (the samples it trains on and scores)."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in CONTROL_FREE}
+    fields["method"] = method_class
+    return digest([fields, task, layout], config, (*SOURCE, "recovery_probe.py"), records)
+
+
+def control_path(config, task: str, key: str) -> Path:
+    return Path(config.shared_base_dir) / "controls" / f"{task_name(task)}_{key}.json"
 
 
 def base_path(config, task: str, key: str) -> Path:
@@ -74,9 +110,13 @@ def load_base(config, task: str, key: str) -> tuple[dict, list[dict]] | None:
 
 
 def store_base(config, task: str, key: str, summary: dict, samples: list[dict]) -> None:
-    """Store a task's base evaluation under ``key``, written whole (a temporary file renamed into place)."""
-    path = base_path(config, task, key)
+    """Store a task's base evaluation under ``key``."""
+    write_whole(base_path(config, task, key), dict(summary=summary, samples=samples))
+
+
+def write_whole(path: Path, value) -> None:
+    """``value`` as strict JSON, written whole (a temporary file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs storing the same row at once do not mix
-    tmp.write_text(json.dumps(json_ready(dict(summary=summary, samples=samples)), ensure_ascii=False, allow_nan=False))
+    tmp.write_text(json.dumps(json_ready(value), ensure_ascii=False, allow_nan=False))
     tmp.replace(path)

@@ -38,7 +38,9 @@ The control: the probe trains on the task, so it can also teach what was never k
 bound. Each probed task is therefore probed a second time, the same way (steps, samples, seed, optimizer), from the
 base model (the run's method built afresh: its adapters contribute 0) -> Ctrl[i], and the part brought back beyond
 what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, d_i)
-(cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two.
+(cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two. With
+``shared_base_dir`` the control is stored there and reused by every run that would compute the same one
+(base_cache.control_key: runs that differ only in SLSD's or the schedule's fields share it).
 
 Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
 has a row of the same setting, every field the probe runs with, is not run again),
@@ -62,12 +64,13 @@ from transformers import set_seed
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from base_cache import control_key, control_path, write_whole  # noqa: E402
 from cl_metrics import (best_earlier, format_score, group_mean, laid_out, recovery_report,  # noqa: E402
                         recovery_samples, run_samples, shared_samples)
 from configs.base_config import (ConfigError, add_config_arguments, config_digest, field_help,  # noqa: E402
                                  parse_config)
 from evaluation import select_samples, subset_positions  # noqa: E402
-from methods import make_method  # noqa: E402
+from methods import make_method, method_class  # noqa: E402
 from methods.base import Method  # noqa: E402
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
 from plot_loss import error_bars  # noqa: E402
@@ -225,9 +228,17 @@ def main(argv: list[str] | None = None) -> dict:
         origin = checkpoint if start == "final" else None
         say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from "
             f"{checkpoint.name if origin else 'the base model (control)'}")
-        summary = probe_task(fresh_method(config), task, index, origin, records, positions, config.recovery_steps,
-                             run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
-        gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next one loads
+        shared = control_path(config, task, control_of(config, task, records, positions)) \
+            if start == "base" and config.shared_base_dir else None
+        if shared is not None and shared.is_file():
+            summary = json.loads(shared.read_text())
+            say(f"{task}: the control is reused from {shared}")
+        else:
+            summary = probe_task(fresh_method(config), task, index, origin, records, positions, config.recovery_steps,
+                                 run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
+            gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
+            if shared is not None:
+                write_whole(shared, summary)
         strata = rows[(len(tasks) - 1, task)]["sample_groups"]
         if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
             raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
@@ -243,6 +254,15 @@ def main(argv: list[str] | None = None) -> dict:
                          base=f"base {rows[(-1, task)]['score']:.3f}")[start]
         say(f"{task}: score {reference}, after the probe from the {start} {summary['score']:.3f}")
     return write_report(run, config, rows, probes["final"], probes["base"])
+
+
+def control_of(config, task: str, records: list[dict], positions: list[int] | None) -> str:
+    """The key of ``task``'s control under ``config`` (base_cache.control_key): with the samples it trains on and
+    scores, and the device and autocast it runs with."""
+    device = pick_device(config)
+    train = read_task(task, "train", config.data_dir, config.skip_bad_lines, config.recovery_samples)[0]
+    return control_key(config, method_class(config.method).__name__, task, [records, positions, train],
+                       dict(device=device.type, autocast=str(autocast_dtype(config, device))))
 
 
 def fresh_method(config) -> Method:

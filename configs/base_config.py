@@ -72,7 +72,7 @@ class Config:
     merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory); SLSD's teacher pass runs the same way (slsd.py)
     eval_split: str = "test"  # split that evaluate.py and the sequential evaluation score
     early_eval_samples: int = 0  # evaluations after every stage but the last score only this many of each task's evaluated subset (a stratified subset of the same samples; 0 = all); generation budgets stay the whole subset's, and the bootstrap pairs what both rows scored (cl_metrics.py)
-    shared_base_dir: str = ""  # folder of base-model evaluation rows shared by runs: a run whose base evaluation of a task would be the same (model, numerics, samples, budgets, evaluation code: base_cache.py) reuses the stored one; empty = every run scores its own
+    shared_base_dir: str = ""  # folder of base-model evaluation rows shared by runs: a run whose base evaluation of a task would be the same (model, numerics, samples, budgets, evaluation code: base_cache.py) reuses the stored one; also the recovery probes' controls (base_cache.control_key, recovery_probe.py); empty = every run scores its own
     eval_scope: str = "all"  # sequential evaluation after each stage: all (every task) | needed (the tasks trained so far and the next one: R[l][i] for i <= l + 1, all that AP / LA / BWT / FWT / forgetting read; the base row stays whole)
     recovery_steps: int = 5  # recovery probe (recovery_probe.py): optimizer steps on an old task's training samples from the final checkpoint
     recovery_samples: int = 16  # recovery probe: training samples of the old task it trains on (the first ones of its training split, in a fixed seeded order)

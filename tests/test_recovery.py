@@ -255,3 +255,41 @@ def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
     (lost / "recovery.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="no final checkpoint"):
         recovery_probe.main(["--run", str(lost), *PROBE])
+
+
+def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_path, monkeypatch):
+    """base_cache.CONTROL_FREE: ds_lora and ds_lora_slsd with another dose compute the same control (checked by
+    computing both), so they share its key; a learning rate is not free. A second run reuses the stored control."""
+    logs, _, _ = probed_run
+    shared = str(tmp_path / "shared")
+    plain = build_config("smoke", str(logs / "config.json"), overrides=dict(shared_base_dir=shared))
+    dosed = build_config("smoke", str(logs / "config.json"), overrides=dict(
+        method="ds_lora_slsd", kd_lambda="2.0", probe_size="2", fast_mode="shared", max_steps="7",
+        shared_base_dir=shared))
+    records = select_samples(read_task("T2_math", plain.eval_split, plain.data_dir)[0], plain.max_eval_samples,
+                             plain.eval_subset_seed)
+    controls = [recovery_probe.probe_task(recovery_probe.fresh_method(c), "T2_math", 0, None, records, None, 2,
+                                          tmp_path / "loss.jsonl") for c in (plain, dosed)]
+    assert controls[0]["sample_nll"] == controls[1]["sample_nll"]  # computed, not assumed
+    key = recovery_probe.control_of(plain, "T2_math", records, None)
+    assert recovery_probe.control_of(dosed, "T2_math", records, None) == key
+    faster = build_config("smoke", str(logs / "config.json"), overrides=dict(lr_slow="0.5", shared_base_dir=shared))
+    assert recovery_probe.control_of(faster, "T2_math", records, None) != key
+
+    runs = []
+    for name, extra in (("first", []), ("second", ["--kd_lambda", "3.0"])):
+        copy = tmp_path / name / "run"  # the same run name: the same checkpoint
+        shutil.copytree(logs, copy)
+        (copy / "recovery.jsonl").unlink()
+        runs.append((copy, [*PROBE, "--shared_base_dir", shared, *extra]))
+    probed, probe = [], recovery_probe.probe_task
+    monkeypatch.setattr(recovery_probe, "probe_task", lambda method, task, index, start, *rest: probed.append(
+        (task, "base" if start is None else "final")) or probe(method, task, index, start, *rest))
+    first = recovery_probe.main(["--run", str(runs[0][0]), *runs[0][1]])
+    assert sorted(probed) == sorted([(t, s) for t in ("T2_math", "T5_safety") for s in ("final", "base")])
+    assert len(list((tmp_path / "shared" / "controls").glob("*.json"))) == 2
+    probed.clear()
+    second = recovery_probe.main(["--run", str(runs[1][0]), *runs[1][1]])
+    assert probed == [("T2_math", "final"), ("T5_safety", "final")]  # the controls were reused
+    assert [second["tasks"][t]["control"] for t in second["tasks"]] == [first["tasks"][t]["control"]
+                                                                         for t in first["tasks"]]
