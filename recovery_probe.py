@@ -219,41 +219,46 @@ def main(argv: list[str] | None = None) -> dict:
     if any(start == "final" for _, start in todo) and not (checkpoint / "adapters.safetensors").is_file():
         raise FileNotFoundError(f"no final checkpoint {checkpoint} (adapters.safetensors): the probe starts from it")
     for task, start in todo:
-        index = tasks.index(task)
-        records = select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
-                                 config.max_eval_samples, config.eval_subset_seed)  # the samples the run evaluated
-        # with early_eval_samples, only the fixed subset: the split reads the probe where every evaluation scored
-        positions = subset_positions(records, config.early_eval_samples, config.eval_subset_seed) \
-            if config.early_eval_samples else None
-        origin = checkpoint if start == "final" else None
-        say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from "
-            f"{checkpoint.name if origin else 'the base model (control)'}")
-        shared = control_path(config, task, control_of(config, task, records, positions)) \
-            if start == "base" and config.shared_base_dir else None
-        if shared is not None and shared.is_file():
-            summary = json.loads(shared.read_text())
-            say(f"{task}: the control is reused from {shared}")
-        else:
-            summary = probe_task(fresh_method(config), task, index, origin, records, positions, config.recovery_steps,
-                                 run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
-            gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
-            if shared is not None:
-                write_whole(shared, summary)
-        strata = rows[(len(tasks) - 1, task)]["sample_groups"]
-        if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
-            raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
-                              "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
-        # laid out as the run's rows: NaN (null in the file) where the probe did not score
-        summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
-        probes[start][task] = dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
-                                   recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples,
-                                   **summary)
+        probes[start][task] = probe_row(config, run, rows, task, checkpoint if start == "final" else None, setting)
         with probes_path.open("a") as handle:
             handle.write(json.dumps(json_ready(probes[start][task]), allow_nan=False) + "\n")
+        index = tasks.index(task)
         reference = dict(final=f"best {best[index]:.3f}, final {R[-1, index]:.3f}",
                          base=f"base {rows[(-1, task)]['score']:.3f}")[start]
-        say(f"{task}: score {reference}, after the probe from the {start} {summary['score']:.3f}")
+        say(f"{task}: score {reference}, after the probe from the {start} {probes[start][task]['score']:.3f}")
     return write_report(run, config, rows, probes["final"], probes["base"])
+
+
+def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, setting: str) -> dict:
+    """The recovery.jsonl row of ``task``'s probe from ``origin`` (the final checkpoint; None: from the base model,
+    the control, reused from shared_base_dir when stored there), on the samples the run's rows of it scored."""
+    records = select_samples(read_task(task, config.eval_split, config.data_dir, config.skip_bad_lines)[0],
+                             config.max_eval_samples, config.eval_subset_seed)  # the samples the run evaluated
+    # with early_eval_samples, only the fixed subset: the split reads the probe where every evaluation scored
+    positions = subset_positions(records, config.early_eval_samples, config.eval_subset_seed) \
+        if config.early_eval_samples else None
+    start = "final" if origin else "base"
+    say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from "
+        f"{origin.name if origin else 'the base model (control)'}")
+    shared = control_path(config, task, control_of(config, task, records, positions)) \
+        if origin is None and config.shared_base_dir else None
+    if shared is not None and shared.is_file():
+        summary = json.loads(shared.read_text())
+        say(f"{task}: the control is reused from {shared}")
+    else:
+        summary = probe_task(fresh_method(config), task, config.tasks.index(task), origin, records, positions,
+                             config.recovery_steps, run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
+        gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
+        if shared is not None:
+            write_whole(shared, summary)
+    strata = rows[(len(config.tasks) - 1, task)]["sample_groups"]
+    if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
+        raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
+                          "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
+    # laid out as the run's rows: NaN (null in the file) where the probe did not score
+    summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
+    return dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
+                recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
 
 
 def control_of(config, task: str, records: list[dict], positions: list[int] | None) -> str:
