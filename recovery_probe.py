@@ -286,7 +286,7 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict], control
                              config.bootstrap_resamples)
     for task, entry in report["tasks"].items():
         entry["probed"] = task in probes
-        if task not in controls and "control" in entry:  # its control and taught are the base score and 0 by construction, not measured
+        if task not in controls and "control" in entry:  # not measured: the base score and 0 by construction
             entry.update(control=None, control_ci=None, taught=None, taught_ci=None)
     missing = [task for task in probes if task not in controls]
     if missing:

@@ -67,7 +67,7 @@ from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, int
                         recovery_report, recovery_samples, run_samples, shared_losses)
 from configs.base_config import METHOD_NAMES, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
-from recovery_probe import eval_rows, read_probes  # noqa: E402
+from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
 from sequential import config_changes, summary_from_logs  # noqa: E402
 from utils_data import json_ready, read_rows  # noqa: E402
 
@@ -149,7 +149,7 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
     tasks, samples = summaries[0]["tasks"], []
     for run in runs:
         setting = json.loads((run / "recovery.json").read_text())  # the setting the probe ran with
-        probes, controls = (read_probes(run, setting["setting"], start) for start in ("final", "base"))
+        probes, controls = (read_probes(run, setting["setting"], start) for start in STARTS)
         samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks), controls))
     return recovery_report(samples, tasks, resamples)
 
@@ -332,7 +332,7 @@ def probed(run: Path, probe: dict) -> bool:
             (run / name).stat().st_mtime for name in ("eval.jsonl", "recovery.jsonl") if (run / name).is_file()):
         return False  # a report older than the evaluations or than a probe row (a probe stopped before its report)
     setting = config_digest(build_config(config_file=str(run / "config.json"), overrides=probe))
-    stored, rows = json.loads(report.read_text()), [read_probes(run, setting, start) for start in ("final", "base")]
+    stored, rows = json.loads(report.read_text()), [read_probes(run, setting, start) for start in STARTS]
     return stored.get("setting") == setting and all(t in r for r in rows for t, e in stored["tasks"].items()
                                                     if e["drop"] > 0)
 
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"redo them; or pin the fields on the command line, or choose another --name): {changed[0]}")
     if args.stages is None:
         run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root)
-    runs = {label: [log_root / f"cmp_{runs_of}_{label}_s{s}" for s in seeds] for label in entries}
+    runs = {label: [log_root / run_fields(entries, label, s, runs_of, budget)[0] for s in seeds] for label in entries}
     summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]
