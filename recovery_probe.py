@@ -26,8 +26,9 @@ The probe: the run's method is rebuilt from logs/<run>/config.json (methods.make
 given on the command line override it) and the final stage's checkpoint is loaded afresh for every task, so no probe
 starts from another one's weights. Training is training.train_stage with the method's own optimizer, its loss on
 plain batches of the task (the task loss: no replay, distillation, penalty or per-step term) and its after_step
-(I-LoRA's evaluated slow learner follows the fast one), at the method's own learning rates from the config held
-constant (no warm-up, no decay); a task evaluated with its own fast branch (fast_mode per_task) trains that branch.
+(I-LoRA's evaluated slow learner follows the fast one), at constant rates (no warm-up, no decay): every learning
+rate at its Config default (the method's own) x recovery_lr_scale, whatever the run trained at (probe_rates), so
+the same instrument reads every run; a task evaluated with its own fast branch (fast_mode per_task) trains that branch.
 Seeded with config.seed + the task's index: the same run always gives the same probe. Evaluation is method.evaluate,
 the run's own inference rule.
 
@@ -40,7 +41,9 @@ base model (the run's method built afresh: its adapters contribute 0) -> Ctrl[i]
 what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, d_i)
 (cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two. With
 ``shared_base_dir`` the control is stored there and reused by every run that would compute the same one
-(base_cache.control_key: runs that differ only in SLSD's or the schedule's fields share it).
+(base_cache.control_key: runs that differ only in SLSD's or the schedule's fields, or in their learning rates,
+share it). The control is also what chose recovery_lr_scale: on validation, at the study's 40x rates five steps
+lifted the base model's T3 from 0.06 to 0.36, at 1x (the default) they taught nothing (bench/RESULTS.md).
 
 Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
 has a row of the same setting, every field the probe runs with, is not run again),
@@ -67,8 +70,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from base_cache import control_key, control_path, write_whole  # noqa: E402
 from cl_metrics import (best_earlier, format_score, group_mean, laid_out, recovery_report,  # noqa: E402
                         recovery_samples, run_samples, shared_samples)
-from configs.base_config import (ConfigError, add_config_arguments, config_digest, field_help,  # noqa: E402
-                                 parse_config)
+from configs.base_config import (PROBE_LR_FIELDS, Config, ConfigError, add_config_arguments,  # noqa: E402
+                                 config_digest, field_help, parse_config)
 from evaluation import select_samples, subset_positions  # noqa: E402
 from methods import make_method, method_class  # noqa: E402
 from methods.base import Method  # noqa: E402
@@ -266,12 +269,22 @@ def control_of(config, task: str, records: list[dict], positions: list[int] | No
     scores, and the device and autocast it runs with."""
     device = pick_device(config)
     train = read_task(task, "train", config.data_dir, config.skip_bad_lines, config.recovery_samples)[0]
-    return control_key(config, method_class(config.method).__name__, task, [records, positions, train],
+    return control_key(probe_rates(config), method_class(config.method).__name__, task, [records, positions, train],
                        dict(device=device.type, autocast=str(autocast_dtype(config, device))))
 
 
+def probe_rates(config) -> Config:
+    """``config`` with every learning rate at its Config default x recovery_lr_scale: the rates the probe trains at.
+    A probe at a run's own budget rates (e.g. 40x) teaches a task from scratch (its control shows it), and
+    runs trained at different rates would be read by different instruments."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    return dataclasses.replace(config, **{name: defaults[name] * config.recovery_lr_scale for name in PROBE_LR_FIELDS})
+
+
 def fresh_method(config) -> Method:
-    """The run's method built afresh on the base model (its adapters contribute 0), seeded as the run was."""
+    """The method the probe trains: the run's, built afresh on the base model (its adapters contribute 0) at the
+    probe's rates (probe_rates), seeded as the run was."""
+    config = probe_rates(config)
     set_seed(config.seed)
     device = pick_device(config)
     return make_method(load_model(config, device), load_tokenizer(config), config, device,

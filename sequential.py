@@ -29,7 +29,7 @@ from transformers import set_seed
 
 from base_cache import base_key, base_path, load_base, store_base
 from cl_metrics import figures_with_ci, format_score, run_samples
-from configs.base_config import Config, ConfigError, build_config, config_digest, save_config
+from configs.base_config import PROBE_FIELDS, Config, ConfigError, build_config, config_digest, save_config
 from distributed import make_accelerator, tracker_config
 from evaluation import CUTOFF_FLAG, select_samples, subset_positions
 from methods import make_method, method_class
@@ -51,12 +51,13 @@ def run_name(config: Config) -> str:
 
 def config_changes(saved: Path, config: Config) -> dict[str, tuple]:
     """{field: (saved value, value in ``config``)} for each field where a run's saved config.json differs from
-    ``config``; empty when they are the same or nothing is saved."""
+    ``config``; empty when they are the same or nothing is saved. The probe's fields (PROBE_FIELDS) are not the
+    run's: a run saved before one of them existed, or with other values, is the same run."""
     if not saved.is_file():
         return {}
     old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
     return {k: (old.get(k, "(absent)"), new.get(k, "(absent)")) for k in sorted(old.keys() | new.keys())
-            if k not in old or k not in new or old[k] != new[k]}
+            if k not in PROBE_FIELDS and (k not in old or k not in new or old[k] != new[k])}
 
 
 def prepare_run(config: Config, overwrite: bool, main: bool = True) -> tuple[Path, Path]:

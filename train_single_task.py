@@ -25,7 +25,7 @@ import torch
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from configs.base_config import add_config_arguments, field_help, parse_config, parse_overrides, save_config
+from configs.base_config import PROBE_FIELDS, add_config_arguments, field_help, parse_config, parse_overrides, save_config
 from distributed import make_accelerator, tracker_config
 from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path
@@ -35,8 +35,8 @@ from utils_data import SFTDataset, make_loader, read_jsonl, split_holdout, task_
 # Config fields a single-task run has no use for: they act from a sequence's second task on (there is no earlier task,
 # teacher, buffer or LoRA here), or in the sequential evaluation (generation, mid-stage checkpoints), or name the
 # sequence itself. Given on the command line, they are refused rather than silently ignored.
-SEQUENCE_ONLY = ("tasks", "eval_split", "eval_scope", "early_eval_samples", "shared_base_dir", "recovery_steps",
-                 "recovery_samples", "eval_subset_seed", "max_new_tokens", "max_new_tokens_cap", "bootstrap_resamples", "sandbox_isolation", "save_every",
+SEQUENCE_ONLY = ("tasks", "eval_split", "eval_scope", "early_eval_samples", "shared_base_dir", *PROBE_FIELDS,
+                 "eval_subset_seed", "max_new_tokens", "max_new_tokens_cap", "bootstrap_resamples", "sandbox_isolation", "save_every",
                  "use_slsd", "probe_size",
                  "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature", "kd_every",
                  "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "replay_per_task", "replay_ratio",

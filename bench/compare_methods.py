@@ -16,7 +16,8 @@ task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % 
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
 and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png
 (plot_loss.py's comparison of the first seed's runs) and <name>_paired.png (the paired differences). Probe fields
-(recovery_steps, recovery_samples) go to the probe, not to the runs, so changing them re-probes without retraining.
+(configs.base_config.PROBE_FIELDS: recovery_steps, recovery_samples, recovery_lr_scale) go to the probe, not to the
+runs, so changing them re-probes without retraining.
 
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
 (in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
@@ -65,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
                         recovery_report, recovery_samples, run_samples, shared_losses)
-from configs.base_config import METHOD_NAMES, build_config, config_digest, parse_overrides  # noqa: E402
+from configs.base_config import METHOD_NAMES, PROBE_FIELDS, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
 from sequential import config_changes, summary_from_logs  # noqa: E402
@@ -74,7 +75,6 @@ from utils_data import json_ready, read_rows  # noqa: E402
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
-PROBE_FIELDS = ("recovery_steps", "recovery_samples")  # read by recovery_probe.py only: passed to it, not to the run
 PAIRED = ("AP", "BWT", "LA", "forgetting")
 LOSS_METRICS = ("loss_final", "loss_BWT")
 # forgetting = illusory + real (recovery_probe.py); illusory_controlled: the illusory part beyond what the probe

@@ -19,6 +19,11 @@ from typing import Any
 # LLaMA / Qwen2 / Mistral / Gemma names; "all-linear" means every linear layer inside the upper decoder layers.
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_TASKS = ["T1_general", "T2_math", "T3_code", "T4_tool", "T5_safety"]
+# Fields only recovery_probe.py reads (a run never does): compare_methods passes them to the probe, not to the runs,
+# and a finished run whose saved config differs from a new one only in these is the same run (sequential.py).
+PROBE_FIELDS = ("recovery_steps", "recovery_samples", "recovery_lr_scale")
+# Every learning rate a method's optimizer reads; the probe sets each to its Config default x recovery_lr_scale.
+PROBE_LR_FIELDS = ("lr_slow", "lr_fast", "lr_lora", "gorp_lr")
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Config:
     eval_scope: str = "all"  # sequential evaluation after each stage: all (every task) | needed (the tasks trained so far and the next one: R[l][i] for i <= l + 1, all that AP / LA / BWT / FWT / forgetting read; the base row stays whole)
     recovery_steps: int = 5  # recovery probe (recovery_probe.py): optimizer steps on an old task's training samples from the final checkpoint
     recovery_samples: int = 16  # recovery probe: training samples of the old task it trains on (the first ones of its training split, in a fixed seeded order)
+    recovery_lr_scale: float = 1.0  # recovery probe: it trains at this times the Config defaults of every learning rate (PROBE_LR_FIELDS: the method's own rates), whatever rates the run trained at, so one instrument reads every run; 1.0 chosen on validation as the strongest tried whose control teaches nothing (bench/RESULTS.md, issue 15 session 8)
     sandbox_isolation: str = "full"  # T3 code sandbox: full (needs root: private read-only mounts + tmpfs /tmp, no network, own PIDs, fresh uid) | weak (explicit opt-in: resource limits + empty env only)
     skip_bad_lines: bool = False  # count and report malformed JSONL lines instead of stopping at the first one
 
@@ -166,6 +172,7 @@ class Config:
             ("eval_scope", self.eval_scope in ("all", "needed"), "must be all or needed"),
             ("recovery_steps", self.recovery_steps >= 1, "must be >= 1"),
             ("recovery_samples", self.recovery_samples >= 1, "must be >= 1"),
+            ("recovery_lr_scale", self.recovery_lr_scale > 0, "must be > 0"),
             ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0 (0 = per-task budgets)"),
             ("max_new_tokens_cap", self.max_new_tokens_cap >= 1, "must be >= 1"),
             ("bootstrap_resamples", self.bootstrap_resamples >= 100, "must be >= 100"),

@@ -3,6 +3,7 @@
 comparison's pooled figures."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -127,7 +128,9 @@ def test_format_drift_only_needs_a_fallen_format_and_a_held_loss():
 
 
 # ---- the probe on a smoke sequence ---------------------------------------------------------------------------------
-PROBE = ["--tasks", "T2_math,T5_safety", "--recovery_steps", "2"]
+# recovery_lr_scale 100: the smoke preset's own rates (lr_slow 1e-3, lr_fast 5e-3), so two steps visibly train
+PROBE_SCALE = dict(recovery_lr_scale="100")
+PROBE = ["--tasks", "T2_math,T5_safety", "--recovery_steps", "2", "--recovery_lr_scale", "100"]
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +168,7 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
 
 def test_the_control_probe_starts_from_the_base_model(probed_run, tmp_path):
     logs, checkpoint, report = probed_run
-    config = build_config("smoke", str(logs / "config.json"))
+    config = build_config("smoke", str(logs / "config.json"), overrides=PROBE_SCALE)
     records = select_samples(read_task("T2_math", config.eval_split, config.data_dir)[0], config.max_eval_samples,
                              config.eval_subset_seed)
     base = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (-1, "T2_math"))
@@ -203,10 +206,23 @@ def test_each_probe_starts_afresh_and_resume_skips_done_tasks(probed_run, tmp_pa
     for row, before in zip(again, first[2:]):
         assert row["sample_nll"] == pytest.approx(before["sample_nll"], rel=1e-6)
         assert row["sample_scores"] == before["sample_scores"]
-    probed.clear()  # another learning rate is another probe setting: nothing of the first is reused
-    recovery_probe.main([*argv, "--lr_fast", "0.02"])
+    probed.clear()  # another probe strength is another probe setting: nothing of the first is reused
+    recovery_probe.main([*argv, "--recovery_lr_scale", "30"])
     assert [task for task, _ in probed] == ["T2_math", "T2_math", "T5_safety", "T5_safety"]
     assert json.loads((copy / "recovery.json").read_text())["setting"] != read_rows(copy / "recovery.jsonl")[0]["setting"]
+
+
+def test_the_probe_trains_at_the_default_rates_times_its_scale_whatever_the_run_trained_at(probed_run, tmp_path):
+    """The run trained at the smoke preset's lr_slow 1e-3 / lr_fast 5e-3; a probe at recovery_lr_scale 30 trains
+    both of its starts at 30 x the Config defaults (3e-4 / 1.5e-3), every step."""
+    copy = tmp_path / "logs" / "run"
+    shutil.copytree(probed_run[0], copy)
+    (copy / "recovery.jsonl").unlink()
+    recovery_probe.main(["--run", str(copy), "--tasks", "T2_math", "--recovery_steps", "2", "--recovery_lr_scale", "30"])
+    for start in recovery_probe.STARTS:
+        rows = read_rows(copy / "recovery" / f"T2_math_{start}_train_loss.jsonl")
+        rates = {key: value for row in rows for key, value in row.items() if key.startswith("lr_")}
+        assert len(rows) == 2 and rates == {"lr_slow": pytest.approx(3e-4), "lr_fast": pytest.approx(1.5e-3)}
 
 
 def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_run):
@@ -259,22 +275,27 @@ def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
 
 def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_path, monkeypatch):
     """base_cache.CONTROL_FREE: ds_lora and ds_lora_slsd with another dose compute the same control (checked by
-    computing both), so they share its key; a learning rate is not free. A second run reuses the stored control."""
+    computing both), so they share its key; so does a run trained at other rates (the probe trains at its own),
+    not another probe strength. A second run reuses the stored control."""
     logs, _, _ = probed_run
     shared = str(tmp_path / "shared")
-    plain = build_config("smoke", str(logs / "config.json"), overrides=dict(shared_base_dir=shared))
+    plain = build_config("smoke", str(logs / "config.json"), overrides=dict(shared_base_dir=shared, **PROBE_SCALE))
     dosed = build_config("smoke", str(logs / "config.json"), overrides=dict(
         method="ds_lora_slsd", kd_lambda="2.0", probe_size="2", fast_mode="shared", max_steps="7",
-        shared_base_dir=shared))
+        shared_base_dir=shared, **PROBE_SCALE))
+    # a run trained at other rates: the probe trains at its own (probe_rates), so its control is the same
+    faster = build_config("smoke", str(logs / "config.json"), overrides=dict(lr_slow="0.5", lr_fast="0.5",
+                                                                             shared_base_dir=shared, **PROBE_SCALE))
     records = select_samples(read_task("T2_math", plain.eval_split, plain.data_dir)[0], plain.max_eval_samples,
                              plain.eval_subset_seed)
     controls = [recovery_probe.probe_task(recovery_probe.fresh_method(c), "T2_math", 0, None, records, None, 2,
-                                          tmp_path / "loss.jsonl") for c in (plain, dosed)]
-    assert controls[0]["sample_nll"] == controls[1]["sample_nll"]  # computed, not assumed
+                                          tmp_path / "loss.jsonl") for c in (plain, dosed, faster)]
+    assert controls[0]["sample_nll"] == controls[1]["sample_nll"] == controls[2]["sample_nll"]  # computed
     key = recovery_probe.control_of(plain, "T2_math", records, None)
     assert recovery_probe.control_of(dosed, "T2_math", records, None) == key
-    faster = build_config("smoke", str(logs / "config.json"), overrides=dict(lr_slow="0.5", shared_base_dir=shared))
-    assert recovery_probe.control_of(faster, "T2_math", records, None) != key
+    assert recovery_probe.control_of(faster, "T2_math", records, None) == key
+    stronger = dataclasses.replace(plain, recovery_lr_scale=300.0)  # another probe strength: another control
+    assert recovery_probe.control_of(stronger, "T2_math", records, None) != key
 
     runs = []
     for name, extra in (("first", []), ("second", ["--kd_lambda", "3.0"])):

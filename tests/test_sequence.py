@@ -102,6 +102,12 @@ def test_rerun_skips_finished_stages_and_a_changed_config_is_refused(tmp_path, c
     steps_before = (tmp_path / "logs" / "guarded" / "train_loss.jsonl").read_text()
     train_slsd_seq.main(run_args(tmp_path, "guarded"))  # everything done: nothing retrained
     assert (tmp_path / "logs" / "guarded" / "train_loss.jsonl").read_text() == steps_before
+    saved = tmp_path / "logs" / "guarded" / "config.json"  # the probe's fields are not the run's: a run saved
+    fields = json.loads(saved.read_text())  # before one existed, or with other values, is the same run
+    del fields["recovery_lr_scale"]
+    saved.write_text(json.dumps(fields))
+    train_slsd_seq.main(run_args(tmp_path, "guarded", "--recovery_steps", "9"))
+    assert (tmp_path / "logs" / "guarded" / "train_loss.jsonl").read_text() == steps_before
     with pytest.raises(SystemExit) as exit_info:
         train_slsd_seq.main(run_args(tmp_path, "guarded", "--lr_fast", "0.01"))
     assert exit_info.value.code == 2 and "different config" in capsys.readouterr().err
