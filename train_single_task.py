@@ -25,7 +25,8 @@ import torch
 from accelerate.utils import broadcast_object_list
 from transformers import set_seed
 
-from configs.base_config import PROBE_FIELDS, add_config_arguments, field_help, parse_config, parse_overrides, save_config
+from configs.base_config import (PROBE_FIELDS, add_config_arguments, field_help, parse_config, parse_overrides,
+                                 save_config)
 from distributed import make_accelerator, tracker_config
 from methods import make_method
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device, resolve_model_path

@@ -218,7 +218,8 @@ def test_the_probe_trains_at_the_default_rates_times_its_scale_whatever_the_run_
     copy = tmp_path / "logs" / "run"
     shutil.copytree(probed_run[0], copy)
     (copy / "recovery.jsonl").unlink()
-    recovery_probe.main(["--run", str(copy), "--tasks", "T2_math", "--recovery_steps", "2", "--recovery_lr_scale", "30"])
+    recovery_probe.main(["--run", str(copy), "--tasks", "T2_math", "--recovery_steps", "2",
+                         "--recovery_lr_scale", "30"])
     for start in recovery_probe.STARTS:
         rows = read_rows(copy / "recovery" / f"T2_math_{start}_train_loss.jsonl")
         rates = {key: value for row in rows for key, value in row.items() if key.startswith("lr_")}
