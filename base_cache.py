@@ -9,7 +9,7 @@ kernels differ between processes, one base row for every run instead of rows tha
 
     key = sha1(the config fields of KEY_FIELDS, the run's numerics and layout (device type, autocast and weight
                dtypes, processes, the tasks generated together with this one), torch and transformers versions,
-               the model folder's files (names, sizes, times), the evaluation code (SOURCE), the evaluated records)
+               the model folder's files (names, contents), the evaluation code (SOURCE), the evaluated records)
 
 Any change of code, library, weights, samples or evaluation field gives another key: a stale row is not reused.
 
@@ -21,6 +21,7 @@ ds_lora_slsd and SLSD's dose variants of one seed share theirs).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,11 +46,21 @@ SOURCE = ("evaluation.py", "metrics.py", "sandbox.py", "sandbox_harness.py", "ut
 
 
 def model_files(config) -> list:
-    """(name, size, modification time) of each file of the model's local folder; a hub id is its name alone."""
+    """(name, sha1 of the content) of each file of the model's local folder; a hub id is its name alone. The content,
+    not the modification time: the embedded model is converted again on every new machine (the same bytes), and the
+    rows stored in bench/runs/ (compare_methods.py) must stay valid there (~1 s for the 0.5 GB of weights)."""
     path = Path(resolve_model_path(config.model_name, config.model_cache_dir))
     if config.tiny_random_model or not path.is_dir():
         return []
-    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
+    return [(f.name, file_sha1(f, f.stat().st_size, f.stat().st_mtime_ns)) for f in sorted(path.iterdir())
+            if f.is_file()]
+
+
+@functools.lru_cache(maxsize=None)
+def file_sha1(path: Path, size: int, mtime_ns: int) -> str:
+    """A file's sha1, computed once per process for one (size, time) of it (every task's key reads it)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def base_key(config, records: list[dict], layout: dict) -> str:

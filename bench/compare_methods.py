@@ -10,7 +10,10 @@ logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's, whi
 ``--runs_of OTHER`` in OTHER's folders, so that entries another comparison ran are reused); a finished run of the
 same config is reused, an interrupted one resumes, an unfinished one of another config is redone; a finished one of
 another config (a changed preset or code default) stops the comparison before any run, naming the fields that differ,
-unless ``--redo_changed`` says to redo it. Writes
+unless ``--redo_changed`` says to redo it. Each finished, probed run's folder is kept as bench/runs/<run>.tar.gz
+(``--archive_dir``; commit it) and unpacked where logs/ lacks it, and the study preset's base rows and probe controls
+live in bench/runs/base_rows/, keyed by content: logs/ is not kept from one machine to the next, so a study too long
+for one session grows across sessions. Writes
 bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
@@ -35,7 +38,7 @@ Budgets (presets of configs/base_config.py; any field can be overridden on the c
   --preset study (default)  the study budget: 12 steps x 4 per task at 40x the method's learning rates, 100 test
                             samples per task after the last stage and a fixed 50 of them before it, only the
                             cells the figures read (eval_scope needed), one base row shared by every run
-                            (logs/base_rows); 3 seeds
+                            (bench/runs/base_rows); 3 seeds
   --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
 Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
 (method ds_lora_slsd unless it names one) under its own label, so one command also runs a dose-response study:
@@ -58,6 +61,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -337,6 +341,28 @@ def probed(run: Path, probe: dict) -> bool:
                                                     if e["drop"] > 0)
 
 
+def restore_run(archive: Path | None, run: Path) -> None:
+    """Unpack ``archive``/<run>.tar.gz where the run's folder is absent: logs/ is not kept from one machine to the
+    next, the archive (committed) is, so a study grows across sessions instead of starting again."""
+    packed = archive / f"{run.name}.tar.gz" if archive else None
+    if packed and packed.is_file() and not run.exists():
+        with tarfile.open(packed) as tar:
+            tar.extractall(run.parent, filter="data")  # the file times too, which finished() and probed() read
+
+
+def archive_run(archive: Path | None, run: Path, replace: bool) -> None:
+    """A finished (and probed) run's folder, its logs, evaluations and probes, as ``archive``/<run>.tar.gz, written
+    whole; ``replace``: also where one is there (the run was redone or re-probed)."""
+    packed = archive / f"{run.name}.tar.gz" if archive else None
+    if packed is None or (packed.is_file() and not replace):
+        return
+    archive.mkdir(parents=True, exist_ok=True)
+    tmp = packed.with_name(f"{packed.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(run, arcname=run.name)
+    tmp.replace(packed)
+
+
 def run_fields(entries: dict[str, dict[str, str]], label: str, seed: str, runs_of: str,
                budget: dict) -> tuple[str, dict[str, str]]:
     """The folder name of an (entry, seed) run and the config fields it is run with."""
@@ -360,9 +386,9 @@ def changed_finished_runs(entries: dict[str, dict[str, str]], seeds: list[str], 
 
 
 def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: str, preset: str, budget: dict,
-                probe: dict, jobs: int, no_recovery: bool, log_root: Path) -> None:
+                probe: dict, jobs: int, no_recovery: bool, log_root: Path, archive: Path | None) -> None:
     """Every (entry, seed) run in its own process, ``jobs`` at a time, then its recovery probe; finished ones are
-    reused, interrupted ones resume."""
+    reused, interrupted ones resume; each finished one is archived."""
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // jobs)))
 
     def run_one(label: str, seed: str) -> None:
@@ -370,6 +396,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
         if finished(log_root / run, build_config(preset, overrides=fields)) and \
                 (no_recovery or probed(log_root / run, probe) or stages_of(log_root / run) == 1):
             say(f"{label} seed {seed}: finished, reused ({log_root / run})")
+            archive_run(archive, log_root / run, replace=False)
             return
         argv_run = ["--preset", preset, "--no_plots", "--overwrite",  # a run of another config is redone
                     *[a for k, v in fields.items() for a in (f"--{k}", v)]]
@@ -391,6 +418,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
                 say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
                 call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
                       *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")
+        archive_run(archive, log_root / run, replace=True)
         say(f"{label} seed {seed}: done")
 
     with ThreadPoolExecutor(jobs) as pool:  # seed-major: every entry's first seed comes first
@@ -423,6 +451,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--redo_changed", action="store_true", help="redo finished runs whose saved config differs "
                                                                     "from this one (without it the comparison stops "
                                                                     "and names them)")
+    parser.add_argument("--archive_dir", default=str(ROOT / "bench" / "runs"),
+                        help="where each finished run's folder is kept as <run>.tar.gz, and unpacked from where logs/ "
+                             "lacks it (commit it: logs/ is not kept); empty: none")
     parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
                                                                    "illusory / real forgetting stay empty)")
     args, rest = parser.parse_known_args(argv)
@@ -437,12 +468,17 @@ def main(argv: list[str] | None = None) -> dict:
     runs_of = args.runs_of or name  # run folders logs/cmp_<runs_of>_<label>_s<seed>
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
+    archive = Path(args.archive_dir) if args.archive_dir else None
+    for seed in seeds:
+        for label in entries:
+            restore_run(archive, log_root / run_fields(entries, label, seed, runs_of, budget)[0])
     changed = changed_finished_runs(entries, seeds, runs_of, preset, budget, log_root) if args.stages is None else []
     if changed and not args.redo_changed:
         parser.error(f"{len(changed)} finished run(s) hold another config and would be redone (--redo_changed to "
                      f"redo them; or pin the fields on the command line, or choose another --name): {changed[0]}")
     if args.stages is None:
-        run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root)
+        run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root,
+                    archive)
     runs = {label: [log_root / run_fields(entries, label, s, runs_of, budget)[0] for s in seeds] for label in entries}
     summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)

@@ -219,12 +219,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(EMBEDDED_BUDGET, max_eval_samples=16, eval_batch_size=32),
     # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task in
     # the last evaluation and a fixed 50 of them after the stages before (which only LA / BWT / FWT / forgetting
-    # read): 1200 scored answers a run instead of 1900; one base row for every run (logs/base_rows).
+    # read): 1200 scored answers a run instead of 1900; one base row for every run (bench/runs/base_rows, committed).
     # 40x the method's rates (every method's, the same factor): chosen on validation, where Seq-LoRA's forgetting
     # at 20x was under the 0.10 the study needs and at 40x is 0.15 [0.10, 0.20] (24 steps at 20x: RESULTS.md,
     # issue 15 session 6).
     "study": dict(EMBEDDED_BUDGET, lr_slow=4e-4, lr_fast=2e-3, lr_lora=2e-3, gorp_lr=4e-4, max_eval_samples=100,
-                  early_eval_samples=50, eval_batch_size=32, shared_base_dir="logs/base_rows", export_peft=False),
+                  early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,

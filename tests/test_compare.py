@@ -28,7 +28,7 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
             "--seeds", "1,2", "--jobs", "2", "--name", "t",
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
             "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
-            "--checkpoint_dir", str(tmp_path / "ckpt")]
+            "--checkpoint_dir", str(tmp_path / "ckpt"), "--archive_dir", str(tmp_path / "archive")]
     result = compare_methods.main(argv)
 
     saved = json.loads((results / "t.json").read_text())
@@ -57,6 +57,13 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     evaluated = {run: (run / "eval.jsonl").read_text() for run in logs.glob("cmp_t_*_s*")}
     started = []  # a second call reuses the finished runs and their probes without starting a process
     monkeypatch.setattr(compare_methods.subprocess, "run", lambda command, **_: started.append(command))
+    assert compare_methods.main(argv)["AP"] == result["AP"] and started == []
+    assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
+
+    # each finished run's folder is archived; where logs/ lacks it (a new machine), the archive is unpacked and the
+    # run reused as it was, without starting a process
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == sorted(f"{r.name}.tar.gz" for r in evaluated)
+    shutil.rmtree(logs / "cmp_t_seq_lora_s1")
     assert compare_methods.main(argv)["AP"] == result["AP"] and started == []
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 

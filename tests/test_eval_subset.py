@@ -3,6 +3,7 @@ rows shared by runs (shared_base_dir, base_cache.py)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -115,3 +116,18 @@ def test_base_key_names_what_a_base_row_depends_on(change):
     assert base_key(build_config("smoke", overrides=change), records, layout) != key
     assert base_key(config, records, dict(layout, together=["a", "b"])) != key
     assert base_key(config, [{"messages": [{"role": "user", "content": "hello"}]}], layout) != key
+
+
+def test_base_key_follows_the_model_files_content_not_their_times(tmp_path):
+    """The embedded model is converted again on every new machine (new file times, the same bytes): stored rows
+    (bench/runs/base_rows) stay valid; other weights give another key."""
+    from base_cache import base_key
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    config = build_config("smoke", overrides=dict(model_name=str(tmp_path), tiny_random_model=False))
+    records, layout = [{"messages": [{"role": "user", "content": "hi"}]}], dict(device="cpu", together=["a"])
+    key = base_key(config, records, layout)
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    assert base_key(config, records, layout) == key
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert base_key(config, records, layout) != key
