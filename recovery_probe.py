@@ -70,8 +70,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from base_cache import control_key, control_path, write_whole  # noqa: E402
 from cl_metrics import (best_earlier, format_score, group_mean, laid_out, recovery_report,  # noqa: E402
                         recovery_samples, run_samples, shared_samples)
-from configs.base_config import (PROBE_LR_FIELDS, Config, ConfigError, add_config_arguments,  # noqa: E402
-                                 config_digest, field_help, parse_config)
+from configs.base_config import (PROBE_FIELDS, PROBE_LR_FIELDS, Config, ConfigError,  # noqa: E402
+                                 add_config_arguments, config_digest, field_help, parse_config)
 from evaluation import select_samples, subset_positions  # noqa: E402
 from methods import make_method, method_class  # noqa: E402
 from methods.base import Method  # noqa: E402
@@ -261,7 +261,7 @@ def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, set
     # laid out as the run's rows: NaN (null in the file) where the probe did not score
     summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
     return dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
-                recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **summary)
+                **{k: getattr(config, k) for k in PROBE_FIELDS}, **summary)
 
 
 def control_of(config, task: str, records: list[dict], positions: list[int] | None) -> str:
@@ -305,7 +305,7 @@ def write_report(run: Path, config, rows: dict, probes: dict[str, dict], control
     if missing:
         say(f"no control probe of {', '.join(missing)}: the controlled reading is left out (run the probe again)")
     report = dict(run=run.name, method=config.method, setting=config_digest(config),
-                  recovery_steps=config.recovery_steps, recovery_samples=config.recovery_samples, **report)
+                  **{k: getattr(config, k) for k in PROBE_FIELDS}, **report)
     (run / "recovery.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
     figure = plot_recovery(report, run / "recovery.png", f"{run.name}: {headline(report)}")
     say(f"{headline(report)}; format drift only: "

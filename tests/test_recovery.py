@@ -224,6 +224,9 @@ def test_the_probe_trains_at_the_default_rates_times_its_scale_whatever_the_run_
         rows = read_rows(copy / "recovery" / f"T2_math_{start}_train_loss.jsonl")
         rates = {key: value for row in rows for key, value in row.items() if key.startswith("lr_")}
         assert len(rows) == 2 and rates == {"lr_slow": pytest.approx(3e-4), "lr_fast": pytest.approx(1.5e-3)}
+    # the probe rows and the report name the setting: steps, samples and the scale
+    assert {row["recovery_lr_scale"] for row in read_rows(copy / "recovery.jsonl")} == {30.0}
+    assert json.loads((copy / "recovery.json").read_text())["recovery_lr_scale"] == 30.0
 
 
 def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_run):
