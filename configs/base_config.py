@@ -223,8 +223,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 40x the method's rates (every method's, the same factor): chosen on validation, where Seq-LoRA's forgetting
     # at 20x was under the 0.10 the study needs and at 40x is 0.15 [0.10, 0.20] (24 steps at 20x: RESULTS.md,
     # issue 15 session 6).
+    # fp32, not auto: a study's runs are made over sessions on machines drawn at random, some with native bf16 and
+    # some without; auto would pair bf16 runs with fp32 ones (bf16 changes 5-6 of 16 greedy answers: RESULTS.md).
     "study": dict(EMBEDDED_BUDGET, lr_slow=4e-4, lr_fast=2e-3, lr_lora=2e-3, gorp_lr=4e-4, max_eval_samples=100,
-                  early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False),
+                  early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False,
+                  precision="fp32"),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
     # lr_slow 1e-5 / lr_fast 5e-5 as the method description states (its config file had 5e-6 / 2e-5).
     "paper": dict(model_name="meta-llama/Llama-2-7b-hf", frozen_layers=16, lora_r_slow=8, lora_r_fast=8,
