@@ -5,12 +5,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from configs.base_config import build_config
 from models.ds_lora import DSLoRA
 from models.loading import load_model, load_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate's mixed-precision state is per process (a run from the shell is one process): each test's runs pick
+    their own (a bf16 run after an fp32 one in the same process would be refused)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.fixture(scope="session")

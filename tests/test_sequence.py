@@ -49,10 +49,13 @@ def test_whole_default_sequence_on_the_smoke_preset(tmp_path):
         assert (log / figure).stat().st_size > 1000
 
 
-@pytest.mark.parametrize("method", ["ds_lora_slsd", "ewc", "gorp", "ilora"])  # and the state each carries
-def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkeypatch, method):
+# each method with the state it carries; and DS-LoRA + SLSD under bf16 autocast over a bf16 base (what precision
+# auto runs on CUDA and on a CPU with native bf16): resume stays exact there too
+@pytest.mark.parametrize("method, numerics", [("ds_lora_slsd", "fp32"), ("ewc", "fp32"), ("gorp", "fp32"),
+                                              ("ilora", "fp32"), ("ds_lora_slsd", "bf16")])
+def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkeypatch, method, numerics):
     def args(name: str) -> list[str]:
-        return run_args(tmp_path, name, "--method", method)
+        return run_args(tmp_path, name, "--method", method, "--precision", numerics, "--base_dtype", numerics)
 
     reference = train_slsd_seq.main(args("straight"))
 
