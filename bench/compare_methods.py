@@ -10,10 +10,10 @@ logs/cmp_<name>_<label>_s<seed>/ (label: the method's name or the variant's, whi
 ``--runs_of OTHER`` in OTHER's folders, so that entries another comparison ran are reused); a finished run of the
 same config is reused, an interrupted one resumes, an unfinished one of another config is redone; a finished one of
 another config (a changed preset or code default) stops the comparison before any run, naming the fields that differ,
-unless ``--redo_changed`` says to redo it. Each finished, probed run's folder is kept as bench/runs/<run>.tar.gz
-(``--archive_dir``; commit it) and unpacked where logs/ lacks it, and the study preset's base rows and probe controls
-live in bench/runs/base_rows/, keyed by content: logs/ is not kept from one machine to the next, so a study too long
-for one session grows across sessions. Writes
+unless ``--redo_changed`` says to redo it. Each finished run's folder is kept as bench/runs/<run>.tar.gz (again once
+probed; ``--archive_dir``; commit it) and unpacked where logs/ lacks it, and the study preset's base rows and probe
+controls live in bench/runs/base_rows/, keyed by content: logs/ is not kept from one machine to the next, so a study
+too long for one session grows across sessions. Writes
 bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
@@ -351,8 +351,8 @@ def restore_run(archive: Path | None, run: Path) -> None:
 
 
 def archive_run(archive: Path | None, run: Path, replace: bool) -> None:
-    """A finished (and probed) run's folder, its logs, evaluations and probes, as ``archive``/<run>.tar.gz, written
-    whole; ``replace``: also where one is there (the run was redone or re-probed)."""
+    """A finished run's folder, its logs, evaluations and probes, as ``archive``/<run>.tar.gz, written whole;
+    ``replace``: also where one is there (the run was redone, or probed since)."""
     packed = archive / f"{run.name}.tar.gz" if archive else None
     if packed is None or (packed.is_file() and not replace):
         return
@@ -414,6 +414,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
                                        + (f"; its output: {output}" if output else ""))
 
             call(command_run, "run")
+            archive_run(archive, log_root / run, replace=True)  # kept before its probe: a probe cut short resumes
             if not no_recovery and stages_of(log_root / run) > 1:  # one stage (multi-task): nothing to forget
                 say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
                 call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),

@@ -67,6 +67,20 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     assert compare_methods.main(argv)["AP"] == result["AP"] and started == []
     assert {run: (run / "eval.jsonl").read_text() for run in evaluated} == evaluated
 
+    # a run is archived as soon as it is trained, before its probe: a probe cut short (the session's end) leaves
+    # the run kept, to be probed next time
+    run = logs / "cmp_t_seq_lora_s1"
+    report = (run / "recovery.json").read_text()
+    (tmp_path / "archive" / f"{run.name}.tar.gz").unlink()
+    (run / "recovery.json").unlink()
+    monkeypatch.setattr(compare_methods.subprocess, "run", lambda command, **_: subprocess.CompletedProcess(
+        command, int(command[1].endswith("recovery_probe.py"))))
+    with pytest.raises(RuntimeError, match="recovery probe failed"):
+        compare_methods.main(argv)
+    assert (tmp_path / "archive" / f"{run.name}.tar.gz").is_file()
+    (run / "recovery.json").write_text(report)
+    monkeypatch.setattr(compare_methods.subprocess, "run", lambda command, **_: started.append(command))
+
     # --runs_of: another results name over the same run folders reuses them (nothing re-evaluated, no new folder)
     other = [a if a != "t" else "t2" for a in argv[:argv.index("--name") + 2]] + argv[argv.index("--name") + 2:]
     assert compare_methods.main([*other, "--runs_of", "t"])["AP"] == result["AP"]
