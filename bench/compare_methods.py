@@ -419,7 +419,7 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
                 say(f"{label} seed {seed}: recovery_probe.py --run {log_root / run}")
                 call([sys.executable, str(ROOT / "recovery_probe.py"), "--run", str(log_root / run),
                       *[a for k, v in probe.items() for a in (f"--{k}", v)]], "recovery probe")
-        archive_run(archive, log_root / run, replace=True)
+                archive_run(archive, log_root / run, replace=True)  # with its probe
         say(f"{label} seed {seed}: done")
 
     with ThreadPoolExecutor(jobs) as pool:  # seed-major: every entry's first seed comes first
@@ -470,9 +470,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     log_root = ROOT / budget.get("log_dir", "logs")
     archive = Path(args.archive_dir) if args.archive_dir else None
-    for seed in seeds:
-        for label in entries:
-            restore_run(archive, log_root / run_fields(entries, label, seed, runs_of, budget)[0])
+    runs = {label: [log_root / run_fields(entries, label, s, runs_of, budget)[0] for s in seeds] for label in entries}
+    for run in (run for dirs in runs.values() for run in dirs):
+        restore_run(archive, run)
     changed = changed_finished_runs(entries, seeds, runs_of, preset, budget, log_root) if args.stages is None else []
     if changed and not args.redo_changed:
         parser.error(f"{len(changed)} finished run(s) hold another config and would be redone (--redo_changed to "
@@ -480,7 +480,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.stages is None:
         run_entries(entries, seeds, runs_of, preset, budget, probe, args.jobs, args.no_recovery, log_root,
                     archive)
-    runs = {label: [log_root / run_fields(entries, label, s, runs_of, budget)[0] for s in seeds] for label in entries}
     summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]

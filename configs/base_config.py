@@ -224,7 +224,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # at 20x was under the 0.10 the study needs and at 40x is 0.15 [0.10, 0.20] (24 steps at 20x: RESULTS.md,
     # issue 15 session 6).
     # fp32, not auto: a study's runs are made over sessions on machines drawn at random, some with native bf16 and
-    # some without; auto would pair bf16 runs with fp32 ones (bf16 changes 5-6 of 16 greedy answers: RESULTS.md).
+    # some without; auto would pair bf16 runs with fp32 ones (bf16 changes 10-12 of 16 greedy answers: RESULTS.md).
     "study": dict(EMBEDDED_BUDGET, lr_slow=4e-4, lr_fast=2e-3, lr_lora=2e-3, gorp_lr=4e-4, max_eval_samples=100,
                   early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False,
                   precision="fp32"),
