@@ -57,7 +57,10 @@ study: setup $(DATA)
 	$(PY) bench/compare_methods.py --jobs 2
 
 # ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
-DOSE := --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
+# kd_strong (λ 5, a KD term at every step) first: can any dose move forgetting? kd_strong_both: and with KD on both
+# branches (the default dose changes nothing: bench/results/slsd_pair.md).
+DOSE := --variant kd_strong:kd_lambda=5.0,kd_every=1 --variant kd_strong_both:kd_lambda=5.0,kd_every=1,kd_branches=both \
+	--variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
 	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8,probe_candidates=16 \
 	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
 dose: setup $(DATA)
