@@ -1,0 +1,34 @@
+"""bench/branch_share.py reads each branch's ΔW from a saved adapters file as DSLoRA itself computes it."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import branch_share  # noqa: E402
+
+
+def test_branch_deltas_match_dslora_delta_weight(tiny_dslora, tmp_path):
+    """Each branch's ΔW (scaled, fast branches summed) equals DualSpeedLinear.delta_weight with only that branch on:
+    fails if the alpha/r scaling, the A/B order or the slow/fast split were wrong."""
+    tiny_dslora.save(tmp_path / "adapters.safetensors")
+    deltas = branch_share.branch_deltas(tmp_path / "adapters.safetensors")
+    for branch, switches in (("slow", dict(slow=True, fast=False)), ("fast", dict(slow=False, fast=True))):
+        with tiny_dslora.branches(**switches):
+            expected = {name: module.delta_weight() for name, module in tiny_dslora.modules.items()}
+        assert deltas[branch].keys() == expected.keys()
+        for name, delta in expected.items():
+            torch.testing.assert_close(deltas[branch][name], delta)
+    slow, fast = branch_share.norm(deltas["slow"]), branch_share.norm(deltas["fast"])
+    assert 0 < slow and 0 < fast
+
+
+def test_relative_distance_is_zero_for_itself_and_scales(tiny_dslora, tmp_path):
+    """|ΔW − ΔW(O)| / |ΔW(O)|: 0 against itself, 1 for twice the other."""
+    tiny_dslora.save(tmp_path / "adapters.safetensors")
+    slow = branch_share.branch_deltas(tmp_path / "adapters.safetensors")["slow"]
+    assert branch_share.relative_distance(slow, slow) == 0
+    assert branch_share.relative_distance({m: 2 * d for m, d in slow.items()}, slow) == pytest.approx(1.0, rel=1e-5)
