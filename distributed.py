@@ -22,15 +22,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object
 
-PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+from models.loading import autocast_dtype
+
+MIXED_PRECISION = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}  # autocast dtype -> accelerate's name
 
 
 def make_accelerator(config, device: torch.device, project_dir: str | None = None) -> Accelerator:
-    """One Accelerator per script; mixed precision from ``config.precision`` (auto: bf16 on CUDA, fp32 on CPU),
-    trackers from ``config.report_to``."""
-    precision = config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    """One Accelerator per script; its mixed precision is ``autocast_dtype``'s, the one the base weights are stored
+    for (auto: bf16 on CUDA and on a CPU with native bf16, else fp32), trackers from ``config.report_to``."""
     trackers = [] if config.report_to == "none" else [config.report_to]
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=PRECISION[precision], rng_types=[],
+    mixed_precision = MIXED_PRECISION[autocast_dtype(config, device)]
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision, rng_types=[],
                               dataloader_config=DataLoaderConfiguration(split_batches=True),
                               log_with=trackers or None, project_dir=project_dir)
     if config.batch_size % accelerator.num_processes:

@@ -193,11 +193,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 BASELINES = ["seq_lora", "replay", "ewc", "lwf", "o_lora", "gorp", "ilora", "freeze_only", "multitask"]
 METHOD_NAMES = list(ABLATIONS) + BASELINES
 
-# The embedded model's CPU training budget shared by `demo` and `study`: 20x the method's learning rates (at
-# 1e-5 / 5e-5 a 135M model's greedy answers do not move within a CPU budget; 5:1 fast:slow as in the method), 12
-# steps x 4 per task, a KD step every 4 steps on 2 probe samples; after each stage only the cells the figures read.
-# Measured on validation to make Seq-LoRA learn (bench/RESULTS.md, issue 15); `study` doubles the rates.
-EMBEDDED_BUDGET: dict[str, Any] = dict(lr_slow=2e-4, lr_fast=1e-3, lr_lora=1e-3, gorp_lr=2e-4, max_steps=12,
+# The embedded model's CPU training budget shared by `demo` and `study`: 40x the method's learning rates (at
+# 1e-5 / 5e-5 a 135M model's greedy answers do not move within a CPU budget; 5:1 fast:slow as in the method; every
+# method's rates by the same factor), 12 steps x 4 per task, a KD step every 4 steps on 2 probe samples; after each
+# stage only the cells the figures read. Chosen on validation (bench/RESULTS.md, issue 15 session 6): at 20x
+# Seq-LoRA learns but forgets under the 0.10 the study needs, at 40x it forgets 0.15 [0.10, 0.20].
+EMBEDDED_BUDGET: dict[str, Any] = dict(lr_slow=4e-4, lr_fast=2e-3, lr_lora=2e-3, gorp_lr=4e-4, max_steps=12,
                                        batch_size=4, kd_every=4, kd_batch_size=2, save_every=4, eval_scope="needed",
                                        max_new_tokens_cap=256)
 
@@ -220,12 +221,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task in
     # the last evaluation and a fixed 50 of them after the stages before (which only LA / BWT / FWT / forgetting
     # read): 1200 scored answers a run instead of 1900; one base row for every run (bench/runs/base_rows, committed).
-    # 40x the method's rates (every method's, the same factor): chosen on validation, where Seq-LoRA's forgetting
-    # at 20x was under the 0.10 the study needs and at 40x is 0.15 [0.10, 0.20] (24 steps at 20x: RESULTS.md,
-    # issue 15 session 6).
     # fp32, not auto: a study's runs are made over sessions on machines drawn at random, some with native bf16 and
     # some without; auto would pair bf16 runs with fp32 ones (bf16 changes 10-12 of 16 greedy answers: RESULTS.md).
-    "study": dict(EMBEDDED_BUDGET, lr_slow=4e-4, lr_fast=2e-3, lr_lora=2e-3, gorp_lr=4e-4, max_eval_samples=100,
+    "study": dict(EMBEDDED_BUDGET, max_eval_samples=100,
                   early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False,
                   precision="fp32"),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 import sequential
 import train_slsd_seq
 from configs.base_config import PRESETS, build_config
+from models import loading
 
 SHORT = ["--preset", "smoke", "--tasks", "T2_math,T1_general", "--max_steps", "6", "--save_every", "2",
          "--max_eval_samples", "2", "--no_plots"]
@@ -98,6 +99,17 @@ def test_resume_after_interruptions_equals_an_uninterrupted_run(tmp_path, monkey
         expected, got = final_adapters(tmp_path, "straight"), final_adapters(tmp_path, name)
         assert all(torch.equal(expected[k], got[k]) for k in expected), name
     assert not (tmp_path / "ckpt" / "midstage" / "stage_1_T1_general.partial").exists()
+
+
+def test_precision_auto_on_a_native_bf16_cpu_trains_as_explicit_bf16(tmp_path, monkeypatch):
+    """precision auto on a CPU with native bf16 stores the base in bf16 and must autocast the training forward too
+    (the accelerator's mixed precision, not fp32): the same run as precision bf16, not a dtype error."""
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    auto = train_slsd_seq.main(run_args(tmp_path, "auto", "--precision", "auto", "--base_dtype", "auto"))
+    explicit = train_slsd_seq.main(run_args(tmp_path, "bf16", "--precision", "bf16", "--base_dtype", "bf16"))
+    assert auto["R"] == explicit["R"] and auto["loss_matrix"] == explicit["loss_matrix"]
+    expected, got = final_adapters(tmp_path, "bf16"), final_adapters(tmp_path, "auto")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_rerun_skips_finished_stages_and_a_changed_config_is_refused(tmp_path, capsys):
