@@ -13,14 +13,13 @@ record names its metric and carries what the metric needs. The data card is data
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 from pathlib import Path
 
 import sandbox
 from tasks import hub, t1_general, t2_math, t3_code, t4_tool, t5_safety
-from utils_data import read_rows
+from utils_data import read_rows, write_jsonl
 
 OFFLINE = {"T1_general": t1_general.build, "T2_math": t2_math.build, "T3_code": t3_code.build,
            "T4_tool": t4_tool.build, "T5_safety": t5_safety.build}
@@ -77,14 +76,6 @@ def add_benign_prompts(t5_test: list[dict], other_tests: dict[str, list[dict]], 
                          dict(harmful=False, metric="refusal", benign_source=task))
     rng.shuffle(mixed)
     return mixed
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Atomic write: a half-written file is never taken as complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

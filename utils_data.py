@@ -106,6 +106,14 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     return records, problems
 
 
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Atomic write: a half-written file is never taken as complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
 def decode_line(raw: bytes, lineno: int) -> str:
     """One line of a UTF-8 file; a byte-order mark opening the file is dropped (UnicodeDecodeError if not UTF-8)."""
     return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")

@@ -1,0 +1,115 @@
+"""Score finished runs again with today's metrics, from the answers they wrote: nothing is generated again.
+
+    python rescore.py logs/<run> [logs/<run> ...] [--tasks T5_safety] [--archive bench/runs]
+
+A metric fix (metrics.py) changes what an answer scores, not the answer. Every evaluation of a run keeps its answers
+in samples_<stage>_<label>_<task>.jsonl. So for each eval.jsonl row of the chosen tasks (default: all):
+
+    each answer is scored again, metrics.score_sample(its record, read by id from the run's eval split), and the
+    row's score fields become evaluation.summarise's (score and its interval, rates, per-sample lists);
+    its eval loss, cut-off flags and sample positions stay the run's (they do not depend on the metric).
+
+Then summary.json is rebuilt from the logs (sequential.summary_from_logs), and recovery.json from the probe rows
+already stored (recovery_probe.write_report: nothing is trained). A probe's re-evaluation stores no answers, so a run
+with probe rows of a task whose scores changed is refused, and nothing of it is written: delete those rows and run
+recovery_probe.py again. With ``--archive``, a rescored run archived there (compare_methods.py:
+<archive>/<run>.tar.gz) is archived again. Prints one line per evaluation whose score changed.
+
+Rescoring a run under unchanged metrics writes the same files (tests/test_rescore.py). T3's code is executed again,
+in the sandbox: give ``--tasks`` to leave the tasks whose metric did not change alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.compare_methods import archive_run
+from cl_metrics import format_score
+from configs.base_config import PROBE_FIELDS, ConfigError, build_config, config_digest
+from evaluation import SAMPLE_LISTS, summarise
+from metrics import score_sample
+from recovery_probe import STARTS, eval_rows, read_probes, write_report
+from sequential import summary_from_logs
+from utils_data import json_ready, read_rows, read_task, task_name, write_jsonl
+
+
+def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamples: int) -> tuple[dict, list[dict]]:
+    """An eval.jsonl row and its per-sample rows, scored again from the answers they hold."""
+    missing = [s["id"] for s in samples if s["id"] not in records]
+    if missing:
+        raise ConfigError(f"{row['task']}: sample {missing[0]} is not in the run's eval split (the data changed?)")
+    chosen = [records[s["id"]] for s in samples]
+    scored = [dict(score_sample(r, s["output"]), cut_off=s["cut_off"]) for r, s in zip(chosen, samples)]
+    fresh = {**row, **summarise(chosen, scored, resamples)}
+    fresh |= {key: fresh.pop(key) for key in SAMPLE_LISTS if key in fresh}  # the long lists last, as evaluation writes
+    return fresh, [dict(id=s["id"], prompt=s["prompt"], output=s["output"], **r) for s, r in zip(samples, scored)]
+
+
+def samples_path(run: Path, row: dict) -> Path:
+    """Where sequential.Sequence.evaluate_all wrote the row's answers."""
+    return run / f"samples_{row['stage'] + 1:02d}_{row['stage_name']}_{task_name(row['task'])}.jsonl"
+
+
+def probe_config(run: Path):
+    """The config the run's recovery report was probed with (its config under the report's probe fields)."""
+    report = json.loads((run / "recovery.json").read_text())
+    config = build_config(config_file=str(run / "config.json"), overrides={k: report[k] for k in PROBE_FIELDS})
+    if config_digest(config) != report["setting"]:
+        raise ConfigError(f"{run}/recovery.json: its probe setting cannot be rebuilt from config.json")
+    return config
+
+
+def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> None:
+    config = build_config(config_file=str(run / "config.json"))
+    chosen = [t for t in config.tasks if tasks is None or t in tasks]
+    records = {t: {r["id"]: r for r in read_task(t, config.eval_split, config.data_dir)[0]} for t in chosen}
+    rows, answers, changed = [], {}, set()
+    for row in read_rows(run / "eval.jsonl"):
+        if row["task"] in chosen:
+            path = samples_path(run, row)
+            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
+            flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
+            if flips:
+                changed.add(row["task"])
+                print(f"{run.name}: {row['task']} after {row['stage_name']}: "
+                      f"{format_score(row['score'], row['score_ci'])} -> {format_score(fresh['score'], fresh['score_ci'])}"
+                      f" ({flips} of {len(row['sample_scores'])} answers scored differently)")
+            row = fresh
+        rows.append(row)
+    probes = run / "recovery.jsonl"
+    stale = changed & {r["task"] for r in read_rows(probes)} if probes.is_file() else set()
+    if stale:
+        raise ConfigError(f"{probes} holds probe rows of {', '.join(sorted(stale))}, whose scores changed: a probe "
+                          "stores no answers to score again; delete those rows and run recovery_probe.py again")
+    for path, samples in answers.items():
+        write_jsonl(path, samples)
+    write_jsonl(run / "eval.jsonl", [json_ready(r) for r in rows])
+    (run / "summary.json").write_text(json.dumps(json_ready(summary_from_logs(run)), indent=2, allow_nan=False) + "\n")
+    if (run / "recovery.json").is_file():
+        probe = probe_config(run)
+        setting = config_digest(probe)
+        write_report(run, probe, eval_rows(run, probe.tasks), *(read_probes(run, setting, s) for s in STARTS))
+    if archive and (archive / f"{run.name}.tar.gz").is_file():
+        archive_run(archive, run, replace=True)
+    print(f"{run.name}: scored {len(answers)} evaluation(s) of {', '.join(chosen)} again; changed: "
+          f"{', '.join(sorted(changed)) or 'none'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders (logs/<run>)")
+    parser.add_argument("--tasks", default="", help="comma-separated tasks to score again (default: all)")
+    parser.add_argument("--archive", default="", help="archive folder (bench/runs): re-archive the runs kept there")
+    args = parser.parse_args(argv)
+    for run in map(Path, args.runs):
+        if not (run / "eval.jsonl").is_file():
+            raise FileNotFoundError(f"{run} holds no evaluated run (no eval.jsonl)")
+        rescore_run(run, args.tasks.split(",") if args.tasks else None, Path(args.archive) if args.archive else None)
+
+
+if __name__ == "__main__":
+    from cli import run as run_cli
+
+    run_cli(main)

@@ -1,0 +1,100 @@
+"""rescore.py: a finished run scored again from its stored answers; unchanged metrics give the same files, a changed
+metric changes exactly the rows, answers and figures it scores, a probed task whose scores changed is refused."""
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import pytest
+
+import metrics
+import recovery_probe
+import rescore
+import train_slsd_seq
+from utils_data import read_rows
+
+FILES = ("eval.jsonl", "summary.json", "recovery.json", "samples_02_T1_general_T5_safety.jsonl")
+
+
+@pytest.fixture(scope="module")
+def run(small_data, tmp_path_factory):
+    """A 2-task smoke sequence (T5 then T1) whose old task T5 was probed."""
+    root = tmp_path_factory.mktemp("rescore")
+    train_slsd_seq.main(["--preset", "smoke", "--data_dir", str(small_data), "--tasks", "T5_safety,T1_general",
+                         "--method", "ds_lora", "--max_steps", "1", "--save_every", "0", "--no_plots",
+                         "--log_dir", str(root / "logs"), "--checkpoint_dir", str(root / "ckpt"), "--run_name", "run"])
+    recovery_probe.main(["--run", str(root / "logs" / "run"), "--tasks", "T5_safety", "--recovery_steps", "1"])
+    return root / "logs" / "run"
+
+
+def copy_of(run, tmp_path, probed: bool):
+    copy = shutil.copytree(run, tmp_path / "run")
+    if not probed:
+        for name in ("recovery.json", "recovery.jsonl", "recovery.png"):
+            (copy / name).unlink()
+    return copy
+
+
+def always_refuses(monkeypatch):
+    monkeypatch.setattr(metrics, "is_refusal", lambda output: True)
+
+
+def test_unchanged_metrics_write_the_same_files(run, tmp_path):
+    copy = copy_of(run, tmp_path, probed=True)
+    before = {name: (copy / name).read_bytes() for name in FILES}
+    rescore.main([str(copy)])
+    after = {name: (copy / name).read_bytes() for name in FILES}
+    summary = json.loads(after.pop("summary.json"))
+    assert summary.pop("log_dir") == str(copy)  # the run's summary names its folder: here the copy's
+    assert summary == {k: v for k, v in json.loads(before.pop("summary.json")).items() if k != "log_dir"}
+    assert after == before
+
+
+def test_a_changed_metric_rescores_its_rows_answers_and_summary(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=False)
+    before = {(r["stage"], r["task"]): r for r in read_rows(copy / "eval.jsonl")}
+    always_refuses(monkeypatch)
+    rescore.main([str(copy)])
+    after = {(r["stage"], r["task"]): r for r in read_rows(copy / "eval.jsonl")}
+    assert after.keys() == before.keys()
+    for (stage, task), row in after.items():
+        if task != "T5_safety":
+            assert row == before[(stage, task)]
+            continue
+        harmful = [s["harmful"] for s in read_rows(rescore.samples_path(copy, row))]
+        assert row["sample_scores"] == [float(h) for h in harmful]  # every answer now a refusal
+        assert row["refusal_rate"] == 1.0 and row["over_refusal_rate"] == 1.0 and row["score"] == 0.5
+        assert row["eval_loss"] == before[(stage, task)]["eval_loss"]  # the references' loss is the run's
+    answers = read_rows(copy / "samples_02_T1_general_T5_safety.jsonl")
+    assert all(a["refused"] for a in answers)
+    summary = (copy / "summary.json").read_text()
+    assert '"T5_safety"' in summary and json.loads(summary)["R"][-1][0] == 0.5
+
+
+def test_only_the_named_tasks_are_scored_again(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=False)
+    before = (copy / "eval.jsonl").read_bytes()
+    always_refuses(monkeypatch)
+    rescore.main([str(copy), "--tasks", "T1_general"])
+    assert (copy / "eval.jsonl").read_bytes() == before
+
+
+def test_a_probed_task_whose_scores_changed_is_refused_and_nothing_written(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=True)
+    before = {name: (copy / name).read_bytes() for name in FILES}
+    always_refuses(monkeypatch)
+    with pytest.raises(rescore.ConfigError, match="probe rows of T5_safety"):
+        rescore.main([str(copy)])
+    assert {name: (copy / name).read_bytes() for name in FILES} == before
+
+
+def test_an_archived_run_is_archived_again(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=False)
+    archive = tmp_path / "archive"
+    rescore.archive_run(archive, copy, replace=True)
+    always_refuses(monkeypatch)
+    rescore.main([str(copy), "--archive", str(archive)])
+    with tarfile.open(archive / "run.tar.gz") as tar:
+        packed = tar.extractfile("run/eval.jsonl").read()
+    assert packed == (copy / "eval.jsonl").read_bytes()
