@@ -15,8 +15,12 @@ with probe rows of a task whose scores changed is refused, and nothing of it is 
 recovery_probe.py again. With ``--archive``, a rescored run archived there (compare_methods.py:
 <archive>/<run>.tar.gz) is archived again. Prints one line per evaluation whose score changed.
 
-Rescoring a run under unchanged metrics writes the same files (tests/test_rescore.py). T3's code is executed again,
-in the sandbox: give ``--tasks`` to leave the tasks whose metric did not change alone.
+Every check comes before the first write, so an error (an unfinished run, a missing answers file, answers that are
+not the eval split's samples, a stale probe) leaves the run as it was, with one line. Rescoring a run under unchanged
+metrics writes the same files (tests/test_rescore.py). T3's code is executed again, in the sandbox at the run's
+isolation: give ``--tasks`` to leave the tasks whose metric did not change alone. Not rewritten: a run's own figures
+(*.png, absent with --no_plots; plot_loss.py redraws them), and row fields a former metric wrote that today's no
+longer does (they keep their old value).
 """
 from __future__ import annotations
 
@@ -24,31 +28,39 @@ import argparse
 import json
 from pathlib import Path
 
+import sandbox
 from bench.compare_methods import archive_run
 from cl_metrics import format_score
 from configs.base_config import PROBE_FIELDS, ConfigError, build_config, config_digest
 from evaluation import SAMPLE_LISTS, summarise
 from metrics import score_sample
 from recovery_probe import STARTS, eval_rows, read_probes, write_report
-from sequential import summary_from_logs
+from sequential import summary_from_logs, write_summary
 from utils_data import json_ready, read_rows, read_task, task_name, write_jsonl
 
 
 def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamples: int) -> tuple[dict, list[dict]]:
     """An eval.jsonl row and its per-sample rows, scored again from the answers they hold."""
+    where = f"{row['task']} after {row['stage_name']}"
     missing = [s["id"] for s in samples if s["id"] not in records]
-    if missing:
-        raise ConfigError(f"{row['task']}: sample {missing[0]} is not in the run's eval split (the data changed?)")
+    if missing or len(samples) != row["samples"]:
+        raise ConfigError(f"{where}: {len(samples)} stored answers for {row['samples']} samples"
+                          + (f", sample {missing[0]} not in the run's eval split" if missing else ""))
     chosen = [records[s["id"]] for s in samples]
     scored = [dict(score_sample(r, s["output"]), cut_off=s["cut_off"]) for r, s in zip(chosen, samples)]
     fresh = {**row, **summarise(chosen, scored, resamples)}
+    if fresh["sample_groups"] != row["sample_groups"]:
+        raise ConfigError(f"{where}: the eval split's records are not those the run scored (the data changed)")
     fresh |= {key: fresh.pop(key) for key in SAMPLE_LISTS if key in fresh}  # the long lists last, as evaluation writes
     return fresh, [dict(id=s["id"], prompt=s["prompt"], output=s["output"], **r) for s, r in zip(samples, scored)]
 
 
 def samples_path(run: Path, row: dict) -> Path:
     """Where sequential.Sequence.evaluate_all wrote the row's answers."""
-    return run / f"samples_{row['stage'] + 1:02d}_{row['stage_name']}_{task_name(row['task'])}.jsonl"
+    path = run / f"samples_{row['stage'] + 1:02d}_{row['stage_name']}_{task_name(row['task'])}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the answers of {row['task']} after {row['stage_name']}")
+    return path
 
 
 def probe_config(run: Path):
@@ -60,17 +72,32 @@ def probe_config(run: Path):
     return config
 
 
+def eval_records(config, tasks: list[str]) -> dict[str, dict[str, dict]]:
+    """Each task's eval split, {id: record}."""
+    records = {t: read_task(t, config.eval_split, config.data_dir, config.skip_bad_lines)[0] for t in tasks}
+    if any("id" not in r for rows in records.values() for r in rows):
+        raise ConfigError("rescoring finds answers by their sample's id: a task's eval split has records without one")
+    return {t: {r["id"]: r for r in rows} for t, rows in records.items()}
+
+
 def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> None:
+    """Score the run's evaluations of ``tasks`` (None: all) again and rewrite its logs; every check first, so an
+    error leaves the run as it was."""
     config = build_config(config_file=str(run / "config.json"))
-    chosen = [t for t in config.tasks if tasks is None or t in tasks]
-    records = {t: {r["id"]: r for r in read_task(t, config.eval_split, config.data_dir)[0]} for t in chosen}
-    rows, answers, changed = [], {}, set()
+    unknown = sorted(set(tasks or []) - set(config.tasks))
+    if unknown:
+        raise ConfigError(f"--tasks: {', '.join(unknown)} is not a task of {run} ({', '.join(config.tasks)})")
+    sandbox.configure(config.sandbox_isolation)  # T3's code runs as the run ran it
+    summary_from_logs(run)  # a run that has not finished raises here, before anything is written
+    probe = probe_config(run) if (run / "recovery.json").is_file() else None
+    chosen = tasks or config.tasks
+    records, rows, answers, changed = eval_records(config, chosen), [], {}, set()
     for row in read_rows(run / "eval.jsonl"):
         if row["task"] in chosen:
             path = samples_path(run, row)
             fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
             flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
-            if flips:
+            if flips or fresh["sample_format"] != row["sample_format"]:
                 changed.add(row["task"])
                 print(f"{run.name}: {row['task']} after {row['stage_name']}: "
                       f"{format_score(row['score'], row['score_ci'])} -> {format_score(fresh['score'], fresh['score_ci'])}"
@@ -84,10 +111,9 @@ def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> Non
                           "stores no answers to score again; delete those rows and run recovery_probe.py again")
     for path, samples in answers.items():
         write_jsonl(path, samples)
-    write_jsonl(run / "eval.jsonl", [json_ready(r) for r in rows])
-    (run / "summary.json").write_text(json.dumps(json_ready(summary_from_logs(run)), indent=2, allow_nan=False) + "\n")
-    if (run / "recovery.json").is_file():
-        probe = probe_config(run)
+    write_jsonl(run / "eval.jsonl", [json_ready(r) for r in rows], ensure_ascii=True)  # as evaluate_all writes
+    write_summary(run, summary_from_logs(run))
+    if probe:  # after eval.jsonl: a report older than the evaluations reads as not probed (compare_methods.probed)
         setting = config_digest(probe)
         write_report(run, probe, eval_rows(run, probe.tasks), *(read_probes(run, setting, s) for s in STARTS))
     if archive and (archive / f"{run.name}.tar.gz").is_file():

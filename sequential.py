@@ -286,8 +286,7 @@ class Sequence:
             self.evaluate_all(stage, self.stage_name(tasks))
         summary = self.summary()
         if self.main:
-            text = json.dumps(json_ready(summary), indent=2, allow_nan=False)  # strict JSON: NaN as null
-            (self.log_dir / "summary.json").write_text(text + "\n")
+            write_summary(self.log_dir, summary)
         self.accelerator.end_training()
         return summary
 
@@ -358,6 +357,11 @@ def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     if missing:
         raise FileNotFoundError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
     return summarize(config, rows, stage_info, kept, log_dir)
+
+
+def write_summary(log_dir: Path, summary: dict) -> None:
+    """<log_dir>/summary.json, strict JSON (NaN as null)."""
+    (log_dir / "summary.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
 
 
 def format_summary(summary: dict) -> str:

@@ -106,11 +106,12 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     return records, problems
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Atomic write: a half-written file is never taken as complete."""
+def write_jsonl(path: Path, records: list[dict], ensure_ascii: bool = False) -> None:
+    """Atomic write: a half-written file is never taken as complete. Strict JSON (a NaN raises)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=ensure_ascii, allow_nan=False) + "\n" for r in records),
+                   encoding="utf-8")
     tmp.replace(path)
 
 

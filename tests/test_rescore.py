@@ -12,6 +12,7 @@ import metrics
 import recovery_probe
 import rescore
 import train_slsd_seq
+from bench import compare_methods
 from utils_data import read_rows
 
 FILES = ("eval.jsonl", "summary.json", "recovery.json", "samples_02_T1_general_T5_safety.jsonl")
@@ -68,8 +69,8 @@ def test_a_changed_metric_rescores_its_rows_answers_and_summary(run, tmp_path, m
         assert row["eval_loss"] == before[(stage, task)]["eval_loss"]  # the references' loss is the run's
     answers = read_rows(copy / "samples_02_T1_general_T5_safety.jsonl")
     assert all(a["refused"] for a in answers)
-    summary = (copy / "summary.json").read_text()
-    assert '"T5_safety"' in summary and json.loads(summary)["R"][-1][0] == 0.5
+    rates = json.loads((copy / "summary.json").read_text())["final_refusal_rates"]["T5_safety"]
+    assert rates["refusal_rate"] == 1.0 and rates["over_refusal_rate"] == 1.0  # the summary reads the new rows
 
 
 def test_only_the_named_tasks_are_scored_again(run, tmp_path, monkeypatch):
@@ -77,6 +78,28 @@ def test_only_the_named_tasks_are_scored_again(run, tmp_path, monkeypatch):
     before = (copy / "eval.jsonl").read_bytes()
     always_refuses(monkeypatch)
     rescore.main([str(copy), "--tasks", "T1_general"])
+    assert (copy / "eval.jsonl").read_bytes() == before
+
+
+def test_a_rescored_probed_run_keeps_its_probe_report_current(run, tmp_path, monkeypatch):
+    """T1 (the last task, never probed) scored anew: recovery.json is written again after eval.jsonl, so the
+    comparison still reads the run as probed instead of starting its probe again."""
+    copy = copy_of(run, tmp_path, probed=True)
+    monkeypatch.setitem(metrics.METRICS, "instruction_following", lambda record, output: dict(score=1.0,
+                                                                                               format_ok=True))
+    rescore.main([str(copy)])
+    assert all(r["score"] == 1.0 for r in read_rows(copy / "eval.jsonl") if r["task"] == "T1_general")
+    assert compare_methods.probed(copy, {"recovery_steps": "1"})
+
+
+def test_bad_input_is_a_one_line_error_and_leaves_the_run_as_it_was(run, tmp_path):
+    copy = copy_of(run, tmp_path, probed=False)
+    before = (copy / "eval.jsonl").read_bytes()
+    with pytest.raises(rescore.ConfigError, match="T5_saftey is not a task"):
+        rescore.main([str(copy), "--tasks", "T5_saftey"])
+    (copy / "samples_02_T1_general_T5_safety.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="samples_02_T1_general_T5_safety.jsonl is missing"):
+        rescore.main([str(copy)])
     assert (copy / "eval.jsonl").read_bytes() == before
 
 
