@@ -80,6 +80,25 @@ def eval_records(config, tasks: list[str]) -> dict[str, dict[str, dict]]:
     return {t: {r["id"]: r for r in rows} for t, rows in records.items()}
 
 
+def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
+    """The run's eval.jsonl rows with those of ``tasks`` scored again, their answers' rows by file, and the tasks
+    whose scores or format changed (one line printed per evaluation whose answers scored differently)."""
+    records, rows, answers, changed = eval_records(config, tasks), [], {}, set()
+    for row in read_rows(run / "eval.jsonl"):
+        if row["task"] in tasks:
+            path = samples_path(run, row)
+            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
+            flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
+            if flips or fresh["sample_format"] != row["sample_format"]:
+                changed.add(row["task"])
+                print(f"{run.name}: {row['task']} after {row['stage_name']}: "
+                      f"{format_score(row['score'], row['score_ci'])} -> {format_score(fresh['score'], fresh['score_ci'])}"
+                      f" ({flips} of {len(row['sample_scores'])} answers scored differently)")
+            row = fresh
+        rows.append(row)
+    return rows, answers, changed
+
+
 def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> None:
     """Score the run's evaluations of ``tasks`` (None: all) again and rewrite its logs; every check first, so an
     error leaves the run as it was."""
@@ -91,19 +110,7 @@ def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> Non
     summary_from_logs(run)  # a run that has not finished raises here, before anything is written
     probe = probe_config(run) if (run / "recovery.json").is_file() else None
     chosen = tasks or config.tasks
-    records, rows, answers, changed = eval_records(config, chosen), [], {}, set()
-    for row in read_rows(run / "eval.jsonl"):
-        if row["task"] in chosen:
-            path = samples_path(run, row)
-            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
-            flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
-            if flips or fresh["sample_format"] != row["sample_format"]:
-                changed.add(row["task"])
-                print(f"{run.name}: {row['task']} after {row['stage_name']}: "
-                      f"{format_score(row['score'], row['score_ci'])} -> {format_score(fresh['score'], fresh['score_ci'])}"
-                      f" ({flips} of {len(row['sample_scores'])} answers scored differently)")
-            row = fresh
-        rows.append(row)
+    rows, answers, changed = rescored_rows(run, config, chosen)
     probes = run / "recovery.jsonl"
     stale = changed & {r["task"] for r in read_rows(probes)} if probes.is_file() else set()
     if stale:
