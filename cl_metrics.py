@@ -368,6 +368,21 @@ def score_ci(scores, groups, resamples: int) -> list[float]:
     return interval(resampled[:, 0, 0])
 
 
+def paired_loss_bwt(losses: list[dict], reference: list[dict], groups: list, resamples: int
+                    ) -> tuple[float, list[float]]:
+    """Loss BWT of ``losses`` minus that of ``reference`` (each a list of seeds' runs, a run {nll, tokens, formats}
+    laid out as ``Bootstrap.drift`` reads them, seed k paired with seed k), with its 95 % interval. A run's loss BWT
+    is the mean over its old tasks of drift's delta_loss (> 0: the loss on the old tasks' references rose), so
+
+        Δloss_BWT = 1/(T-1) Σ_{i<T-1} (delta_loss_i − delta_loss_i of the reference)
+
+    on the draws ``paired_difference`` uses (the same Bootstrap seed): the same samples and seeds for both."""
+    bootstrap = Bootstrap(groups, resamples, seeds=len(losses))
+    mine, theirs = ([bootstrap.drift(*([run[key] for run in runs] for key in ("nll", "tokens", "formats")))
+                     ["delta_loss"] for runs in (losses, reference)])
+    return float(mine[0].mean() - theirs[0].mean()), interval(mine[1].mean(-1) - theirs[1].mean(-1))
+
+
 def paired_difference(runs: list[list], reference: list[list], groups: list, resamples: int
                       ) -> dict[str, tuple[float, list[float]] | None]:
     """Figure of ``runs`` minus the same figure of ``reference`` (each a list of seeds' runs on the same samples,

@@ -69,7 +69,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
-                        recovery_report, recovery_samples, run_samples, shared_losses)
+                        paired_loss_bwt, recovery_report, recovery_samples, run_samples, shared_losses)
 from configs.base_config import METHOD_NAMES, PROBE_FIELDS, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
@@ -79,7 +79,7 @@ from utils_data import json_ready, read_rows  # noqa: E402
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
-PAIRED = ("AP", "BWT", "LA", "forgetting")
+PAIRED = ("AP", "BWT", "LA", "forgetting", "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
 LOSS_METRICS = ("loss_final", "loss_BWT")
 # forgetting = illusory + real (recovery_probe.py); illusory_controlled: the illusory part beyond what the probe
 # teaches the base model (its control), a lower reading of the illusory part
@@ -111,11 +111,27 @@ def loss_figures(run: Path, summary: dict) -> dict[str, float | None]:
     final = statistics.fmean(summary["loss_matrix"][-1])
     if len(summary["loss_matrix"]) != len(summary["tasks"]):  # multi-task: one stage, no backward transfer
         return dict(loss_final=final, loss_BWT=None)
-    rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
-    nll, tokens = (run_samples(rows, summary["tasks"], len(summary["stage_names"]), key)[0]
-                   for key in ("sample_nll", "sample_tokens"))
-    losses = shared_losses(nll, tokens)
+    per_sample = run_losses(run, summary)
+    losses = shared_losses(per_sample["nll"], per_sample["tokens"])
     return dict(loss_final=final, loss_BWT=continual_metrics(losses[1:], losses[0])["BWT"])
+
+
+def run_losses(run: Path, summary: dict) -> dict[str, list]:
+    """A run's per-sample summed NLL, supervised-token counts and format compliance of every evaluation, laid out as
+    its scores (cl_metrics.run_samples)."""
+    rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
+    return {name: run_samples(rows, summary["tasks"], len(summary["stage_names"]), key)[0]
+            for name, key in (("nll", "sample_nll"), ("tokens", "sample_tokens"), ("formats", "sample_format"))}
+
+
+def method_losses(runs: dict[str, list[Path]], summaries: dict[str, list[dict]]) -> dict[str, list | None]:
+    """{method: per-seed run_losses}; None without an old task to forget: a method trained in one stage
+    (multi-task) or a sequence of one task."""
+    def sequential(summary: dict) -> bool:
+        return len(summary["stage_names"]) == len(summary["tasks"]) > 1
+
+    return {method: [run_losses(run, summary) for run, summary in zip(dirs, summaries[method])]
+            if sequential(summaries[method][0]) else None for method, dirs in runs.items()}
 
 
 def read_summary(run: Path, stages: int | None) -> dict:
@@ -178,17 +194,21 @@ def aggregate(runs: list[Path], summaries: list[dict], scores: list[list], group
                 peak_memory_mb=max(s["peak_memory_mb"] for s in summaries))
 
 
-def paired_differences(scores: dict[str, list], groups: list, resamples: int,
-                       reference: str = REFERENCE) -> dict[str, dict]:
+def paired_differences(scores: dict[str, list], groups: list, resamples: int, reference: str = REFERENCE,
+                       losses: dict[str, list | None] | None = None) -> dict[str, dict]:
     """{entry: {figure: {difference, ci, excludes_zero}}}: each entry minus ``reference`` in PAIRED over the same
-    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries."""
+    samples and seeds (cl_metrics.paired_difference; loss_BWT: cl_metrics.paired_loss_bwt from ``losses``, the
+    method_losses, None where either side has none); empty without ``reference`` among the entries."""
     if reference not in scores:
         return {}
+    losses = losses or {}
     table = {}
     for method, runs in scores.items():
         if method != reference:
             differences = paired_difference(runs, scores[reference], groups, resamples)
-            table[method] = {k: None if differences[k] is None else
+            if losses.get(method) and losses.get(reference):
+                differences["loss_BWT"] = paired_loss_bwt(losses[method], losses[reference], groups, resamples)
+            table[method] = {k: None if differences.get(k) is None else
                              dict(difference=differences[k][0], ci=differences[k][1],
                                   excludes_zero=not differences[k][1][0] <= 0 <= differences[k][1][1]) for k in PAIRED}
     return table
@@ -240,7 +260,9 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
         head = ["method", *(f"Δ{k}" for k in PAIRED)]
         lines += ["", f"## Paired differences from `{reference}`", "",
                   f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
-                  " interval]; **bold**: the interval excludes 0.", "",
+                  " interval]; **bold**: the interval excludes 0. Δloss_BWT: the difference in how much the token"
+                  " loss on the old tasks' references rose from their own stage to the last (> 0: more forgetting"
+                  " of the reference answers; on the samples both stages scored).", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join([method, *(difference_cell(row[k]) for k in PAIRED)]) + " |"
                   for method, row in differences.items()]
@@ -488,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
                          recovery=None if args.stages is not None else
                          recovery_figures(runs[label], summaries[label], resamples))
              for label in entries}
-    differences = paired_differences(scores, groups, resamples, args.reference)
+    differences = paired_differences(scores, groups, resamples, args.reference, method_losses(runs, summaries))
     tasks = summaries[next(iter(entries))][0]["tasks"]
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)

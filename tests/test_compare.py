@@ -47,7 +47,8 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
             assert lo <= row[key][0] + 1e-12 and row[key][0] - 1e-12 <= hi
         assert (logs / "cmp_t_outputs" / f"cmp_t_{label}_s1.log").stat().st_size > 0  # --jobs 2: output per run
     assert set(saved["paired_differences"]) == {"seq_lora"} and saved["reference"] == "kd2"
-    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA", "forgetting"}
+    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA", "forgetting", "loss_BWT"}
+    assert saved["paired_differences"]["seq_lora"]["loss_BWT"] is not None  # both trained in stages: loss read
     markdown = (results / "t.md").read_text()
     assert "| seq_lora |" in markdown and "| kd2 |" in markdown and "Paired differences from `kd2`" in markdown
     assert (results / "t_paired.png").stat().st_size > 0
@@ -190,6 +191,28 @@ def test_paired_difference_of_identical_methods_is_zero_and_unmarked():
     assert compare_methods.difference_cell(differences["seq_lora"]["AP"]) == "+0.000 [+0.00, +0.00]"
     assert compare_methods.difference_cell(dict(difference=0.2, ci=[0.1, 0.3], excludes_zero=True)).startswith("**")
     assert compare_methods.paired_differences({"seq_lora": runs}, groups, 500) == {}  # no reference: no table
+
+
+def test_paired_loss_bwt_is_the_extra_rise_of_the_old_tasks_loss():
+    """Two tasks, base + two stages, 10 supervised tokens a sample. The method's loss on task a's references rises
+    by 0.5 nats/token from a's own stage to the last; the reference's holds. Δloss_BWT = +0.5 (one old task), the
+    interval above 0; a method against an identical copy of itself: 0; a one-stage method (multi-task): none."""
+    rng = np.random.default_rng(1)
+    groups = [[""] * 8, [""] * 8]
+    scores = [[(rng.random((3, 8)) < 0.5).astype(float) for _ in range(2)]]
+    nll = [10 + rng.random((3, 8)) for _ in range(2)]
+    held = dict(nll=nll, tokens=[np.full((3, 8), 10.0)] * 2, formats=[np.ones((3, 8))] * 2)
+    rose = dict(held, nll=[nll[0] + np.array([[0.0], [0.0], [5.0]]), nll[1]])  # task a, last row: +5 nats / 10 tokens
+    differences = compare_methods.paired_differences(
+        {"ds_lora": scores, "seq_lora": scores, "copy": scores, "multitask": scores}, groups, 300, "ds_lora",
+        {"ds_lora": [held], "seq_lora": [rose], "copy": [held], "multitask": None})
+    assert differences["seq_lora"]["loss_BWT"]["difference"] == pytest.approx(0.5)
+    assert differences["seq_lora"]["loss_BWT"]["excludes_zero"] and differences["seq_lora"]["loss_BWT"]["ci"][0] > 0.4
+    assert differences["copy"]["loss_BWT"] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False)
+    assert differences["multitask"]["loss_BWT"] is None and differences["multitask"]["AP"] is not None
+    reversed_pair = compare_methods.paired_differences({"ds_lora": scores, "seq_lora": scores}, groups, 300,
+                                                       "seq_lora", {"ds_lora": [held], "seq_lora": [rose]})
+    assert reversed_pair["ds_lora"]["loss_BWT"]["difference"] == pytest.approx(-0.5)
 
 
 def test_smoothed_loss_restarts_at_each_stage():
