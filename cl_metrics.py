@@ -314,12 +314,14 @@ def recovery_samples(rows: dict, probes: dict, tasks: list[str], stages: int, co
                 control=control)
 
 
-def format_score(value: float | None, ci: list[float] | None, sign: bool = False) -> str:
-    """A score and its interval for a table: ``0.500 [0.25, 0.75]`` (``sign``: ``+0.100 [+0.02, +0.18]``)."""
+def format_score(value: float | None, ci: list[float] | None, sign: bool = False, ci_digits: int = 2) -> str:
+    """A score and its interval for a table: ``0.500 [0.25, 0.75]`` (``sign``: ``+0.100 [+0.02, +0.18]``;
+    ``ci_digits`` 3 for a figure whose intervals are narrower than 0.01, such as a loss difference)."""
     if value is None:
         return "-"
     plus = "+" if sign else ""
-    return f"{value:{plus}.3f}" + ("" if ci is None else f" [{ci[0]:{plus}.2f}, {ci[1]:{plus}.2f}]")
+    bounds = "" if ci is None else f" [{ci[0]:{plus}.{ci_digits}f}, {ci[1]:{plus}.{ci_digits}f}]"
+    return f"{value:{plus}.3f}" + bounds
 
 
 def figures_with_ci(scores: list, groups: list, resamples: int) -> dict[str, float | list[float] | None]:
@@ -368,19 +370,39 @@ def score_ci(scores, groups, resamples: int) -> list[float]:
     return interval(resampled[:, 0, 0])
 
 
+def seed_t_interval(values: list[float]) -> list[float] | None:
+    """The 95 % Student-t interval of the mean of per-seed values (None under 2 seeds): the spread between seeds
+    alone. A bootstrap that resamples 3 seeds with replacement understates it, which matters where the samples'
+    noise is small beside the seeds' (a loss difference)."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    mean, sem = float(np.mean(values)), float(stats.sem(values))
+    if sem == 0:  # every seed alike: scipy's interval would be 0 × inf
+        return [mean, mean]
+    low, high = stats.t.interval(CONFIDENCE, len(values) - 1, loc=mean, scale=sem)
+    return [float(low), float(high)]
+
+
 def paired_loss_bwt(losses: list[dict], reference: list[dict], groups: list, resamples: int
-                    ) -> tuple[float, list[float]]:
+                    ) -> tuple[float, list[float], list[float]]:
     """Loss BWT of ``losses`` minus that of ``reference`` (each a list of seeds' runs, a run {nll, tokens, formats}
-    laid out as ``Bootstrap.drift`` reads them, seed k paired with seed k), with its 95 % interval. A run's loss BWT
-    is the mean over its old tasks of drift's delta_loss (> 0: the loss on the old tasks' references rose), so
+    laid out as ``Bootstrap.drift`` reads them, seed k paired with seed k): the difference, its 95 % interval and
+    the per-seed differences. A run's loss BWT is the mean over its old tasks of drift's delta_loss (> 0: the loss on
+    the old tasks' references rose), so
 
         Δloss_BWT = 1/(T-1) Σ_{i<T-1} (delta_loss_i − delta_loss_i of the reference)
 
     on the draws ``paired_difference`` uses (the same Bootstrap seed): the same samples and seeds for both."""
+    def drift(bootstrap: Bootstrap, runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        return bootstrap.drift(*([run[key] for run in runs] for key in ("nll", "tokens", "formats")))["delta_loss"]
+
     bootstrap = Bootstrap(groups, resamples, seeds=len(losses))
-    mine, theirs = ([bootstrap.drift(*([run[key] for run in runs] for key in ("nll", "tokens", "formats")))
-                     ["delta_loss"] for runs in (losses, reference)])
-    return float(mine[0].mean() - theirs[0].mean()), interval(mine[1].mean(-1) - theirs[1].mean(-1))
+    mine, theirs = drift(bootstrap, losses), drift(bootstrap, reference)
+    one_draw = Bootstrap(groups, 1)  # a single seed's value: its point does not depend on the draws
+    per_seed = [float(drift(one_draw, [a])[0].mean() - drift(one_draw, [b])[0].mean()) for a, b in zip(losses, reference)]
+    return float(mine[0].mean() - theirs[0].mean()), interval(mine[1].mean(-1) - theirs[1].mean(-1)), per_seed
 
 
 def paired_difference(runs: list[list], reference: list[list], groups: list, resamples: int

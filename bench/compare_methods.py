@@ -69,7 +69,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, interval, paired_difference,  # noqa: E402
-                        paired_loss_bwt, recovery_report, recovery_samples, run_samples, shared_losses)
+                        paired_loss_bwt, recovery_report, recovery_samples, run_samples, seed_t_interval,
+                        shared_losses)
 from configs.base_config import METHOD_NAMES, PROBE_FIELDS, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
@@ -197,28 +198,39 @@ def aggregate(runs: list[Path], summaries: list[dict], scores: list[list], group
 def paired_differences(scores: dict[str, list], groups: list, resamples: int, reference: str = REFERENCE,
                        losses: dict[str, list | None] | None = None) -> dict[str, dict]:
     """{entry: {figure: {difference, ci, excludes_zero}}}: each entry minus ``reference`` in PAIRED over the same
-    samples and seeds (cl_metrics.paired_difference; loss_BWT: cl_metrics.paired_loss_bwt from ``losses``, the
-    method_losses, None where either side has none); empty without ``reference`` among the entries."""
+    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries. loss_BWT
+    (cl_metrics.paired_loss_bwt from ``losses``, the method_losses; None where either side has none) also holds
+    per_seed and seed_ci (cl_metrics.seed_t_interval), and excludes 0 only where both its intervals do."""
     if reference not in scores:
         return {}
     losses = losses or {}
     table = {}
     for method, runs in scores.items():
-        if method != reference:
-            differences = paired_difference(runs, scores[reference], groups, resamples)
-            if losses.get(method) and losses.get(reference):
-                differences["loss_BWT"] = paired_loss_bwt(losses[method], losses[reference], groups, resamples)
-            table[method] = {k: None if differences.get(k) is None else
-                             dict(difference=differences[k][0], ci=differences[k][1],
-                                  excludes_zero=not differences[k][1][0] <= 0 <= differences[k][1][1]) for k in PAIRED}
+        if method == reference:
+            continue
+        differences = paired_difference(runs, scores[reference], groups, resamples)
+        table[method] = {k: None if differences[k] is None else difference_entry(*differences[k]) for k in PAIRED
+                         if k != "loss_BWT"}
+        table[method]["loss_BWT"] = None
+        if losses.get(method) and losses.get(reference):
+            difference, ci, per_seed = paired_loss_bwt(losses[method], losses[reference], groups, resamples)
+            seed_ci = seed_t_interval(per_seed)
+            table[method]["loss_BWT"] = dict(difference_entry(difference, ci, seed_ci), per_seed=per_seed,
+                                             seed_ci=seed_ci)
     return table
 
 
-def difference_cell(entry: dict | None) -> str:
+def difference_entry(difference: float, *intervals: list[float] | None) -> dict:
+    """{difference, ci (the first interval), excludes_zero: every given interval excludes 0}."""
+    given = [ci for ci in intervals if ci is not None]
+    return dict(difference=difference, ci=intervals[0], excludes_zero=all(not lo <= 0 <= hi for lo, hi in given))
+
+
+def difference_cell(entry: dict | None, ci_digits: int = 2) -> str:
     """``+0.100 [+0.02, +0.18]``, in bold where the interval excludes 0."""
     if entry is None:
         return "–"
-    text = format_score(entry["difference"], entry["ci"], sign=True)
+    text = format_score(entry["difference"], entry["ci"], sign=True, ci_digits=ci_digits)
     return f"**{text}**" if entry["excludes_zero"] else text
 
 
@@ -257,16 +269,30 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
         lines.append("| " + " | ".join(cells) + " |")
     lines += plasticity_lines(table, tasks)
     if differences:
-        head = ["method", *(f"Δ{k}" for k in PAIRED)]
-        lines += ["", f"## Paired differences from `{reference}`", "",
-                  f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
-                  " interval]; **bold**: the interval excludes 0. Δloss_BWT: the difference in how much the token"
-                  " loss on the old tasks' references rose from their own stage to the last (> 0: more forgetting"
-                  " of the reference answers; on the samples both stages scored).", "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join([method, *(difference_cell(row[k]) for k in PAIRED)]) + " |"
-                  for method, row in differences.items()]
+        lines += difference_lines(differences, reference)
     return "\n".join(lines) + "\n"
+
+
+def difference_lines(differences: dict[str, dict], reference: str) -> list[str]:
+    """The table of paired differences from the reference, Δloss_BWT's per-seed values and t interval beside it."""
+    head = ["method", *(f"Δ{k}" for k in PAIRED), "Δloss_BWT per seed [t over seeds]"]
+    return ["", f"## Paired differences from `{reference}`", "",
+            f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
+            " interval]; **bold**: the interval excludes 0. Δloss_BWT: the difference in how much the token loss on"
+            " the old tasks' references rose from their own stage to the last (> 0: more forgetting of the reference"
+            " answers; on the samples both stages scored), bold only where its Student-t interval over the seeds"
+            " (which the bootstrap over few seeds understates) excludes 0 as well.", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join([method, *(difference_cell(row[k], 3 if k == "loss_BWT" else 2) for k in PAIRED),
+                                 seed_cell(row["loss_BWT"])]) + " |" for method, row in differences.items())]
+
+
+def seed_cell(entry: dict | None) -> str:
+    """``+0.043, +0.073, +0.070 [+0.021, +0.103]``: per-seed values and their t interval (none for one seed)."""
+    if entry is None:
+        return "–"
+    values = ", ".join(f"{v:+.3f}" for v in entry["per_seed"])
+    return values if entry["seed_ci"] is None else f"{values} [{entry['seed_ci'][0]:+.3f}, {entry['seed_ci'][1]:+.3f}]"
 
 
 def plasticity_lines(table: dict[str, dict], tasks: list[str]) -> list[str]:

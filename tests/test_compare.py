@@ -208,11 +208,49 @@ def test_paired_loss_bwt_is_the_extra_rise_of_the_old_tasks_loss():
         {"ds_lora": [held], "seq_lora": [rose], "copy": [held], "multitask": None})
     assert differences["seq_lora"]["loss_BWT"]["difference"] == pytest.approx(0.5)
     assert differences["seq_lora"]["loss_BWT"]["excludes_zero"] and differences["seq_lora"]["loss_BWT"]["ci"][0] > 0.4
-    assert differences["copy"]["loss_BWT"] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False)
+    assert differences["seq_lora"]["loss_BWT"]["per_seed"] == [pytest.approx(0.5)]  # one seed: no t interval
+    assert differences["seq_lora"]["loss_BWT"]["seed_ci"] is None
+    assert differences["copy"]["loss_BWT"] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False,
+                                                   per_seed=[0.0], seed_ci=None)
     assert differences["multitask"]["loss_BWT"] is None and differences["multitask"]["AP"] is not None
     reversed_pair = compare_methods.paired_differences({"ds_lora": scores, "seq_lora": scores}, groups, 300,
                                                        "seq_lora", {"ds_lora": [held], "seq_lora": [rose]})
     assert reversed_pair["ds_lora"]["loss_BWT"]["difference"] == pytest.approx(-0.5)
+    against_multitask = compare_methods.paired_differences({"multitask": scores, "seq_lora": scores}, groups, 300,
+                                                           "multitask", {"multitask": None, "seq_lora": [rose]})
+    assert against_multitask["seq_lora"]["loss_BWT"] is None  # no loss BWT on the reference's side: none to pair
+    assert compare_methods.difference_cell(differences["seq_lora"]["loss_BWT"], 3).count(".500") == 3
+
+
+def test_loss_bwt_is_bold_only_where_the_seeds_agree():
+    """Two seeds. Where the method's old-task loss rises 0.5 more on one seed and 0.1 on the other, the bootstrap over
+    samples excludes 0 but the t interval over two seeds (+0.3 ± 12.7 × 0.2) does not: not marked. Where both seeds
+    rise alike (0.5, 0.5) both intervals exclude 0: marked."""
+    rng = np.random.default_rng(2)
+    groups = [[""] * 8, [""] * 8]
+    scores = [[(rng.random((3, 8)) < 0.5).astype(float) for _ in range(2)] for _ in range(2)]
+    nll = [10 + rng.random((3, 8)) for _ in range(2)]
+    held = dict(nll=nll, tokens=[np.full((3, 8), 10.0)] * 2, formats=[np.ones((3, 8))] * 2)
+
+    def rose(nats):
+        return dict(held, nll=[nll[0] + np.array([[0.0], [0.0], [nats]]), nll[1]])
+    differences = compare_methods.paired_differences(
+        {"ref": scores, "apart": scores, "alike": scores}, groups, 300, "ref",
+        {"ref": [held, held], "apart": [rose(5.0), rose(1.0)], "alike": [rose(5.0), rose(5.0)]})
+    apart, alike = differences["apart"]["loss_BWT"], differences["alike"]["loss_BWT"]
+    assert apart["per_seed"] == [pytest.approx(0.5), pytest.approx(0.1)] and apart["ci"][0] > 0
+    assert apart["seed_ci"][0] < 0 < apart["seed_ci"][1] and not apart["excludes_zero"]
+    assert alike["excludes_zero"] and alike["seed_ci"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert compare_methods.seed_cell(apart).startswith("+0.500, +0.100 [-")
+
+
+def test_method_losses_none_without_an_old_task():
+    """Multi-task (one stage for two tasks) and a one-task sequence have no old task: no loss BWT, and no run's
+    rows are read for it (the paths do not exist)."""
+    summaries = {"multitask": [dict(stage_names=["all"], tasks=["a", "b"])],
+                 "one_task": [dict(stage_names=["a"], tasks=["a"])]}
+    runs = {name: [Path("/nonexistent") / name] for name in summaries}
+    assert compare_methods.method_losses(runs, summaries) == {"multitask": None, "one_task": None}
 
 
 def test_smoothed_loss_restarts_at_each_stage():
