@@ -318,7 +318,7 @@ def format_score(value: float | None, ci: list[float] | None, sign: bool = False
     """A score and its interval for a table: ``0.500 [0.25, 0.75]`` (``sign``: ``+0.100 [+0.02, +0.18]``;
     ``ci_digits`` 3 for a figure whose intervals are narrower than 0.01, such as a loss difference)."""
     if value is None:
-        return "-"
+        return "–"
     plus = "+" if sign else ""
     bounds = "" if ci is None else f" [{ci[0]:{plus}.{ci_digits}f}, {ci[1]:{plus}.{ci_digits}f}]"
     return f"{value:{plus}.3f}" + bounds

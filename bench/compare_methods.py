@@ -80,7 +80,8 @@ from utils_data import json_ready, read_rows  # noqa: E402
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
-PAIRED = ("AP", "BWT", "LA", "forgetting", "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
+SCORE_PAIRED = ("AP", "BWT", "LA", "forgetting")  # cl_metrics.paired_difference
+PAIRED = (*SCORE_PAIRED, "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
 LOSS_METRICS = ("loss_final", "loss_BWT")
 # forgetting = illusory + real (recovery_probe.py); illusory_controlled: the illusory part beyond what the probe
 # teaches the base model (its control), a lower reading of the illusory part
@@ -105,14 +106,14 @@ def cell(pair: tuple[float | None, float | None]) -> str:
     return "–" if mean is None else f"{mean:+.3f} ± {std:.3f}" if mean < 0 else f"{mean:.3f} ± {std:.3f}"
 
 
-def loss_figures(run: Path, summary: dict) -> dict[str, float | None]:
+def loss_figures(summary: dict, per_sample: dict | None) -> dict[str, float | None]:
     """The mean eval loss after the last stage and the BWT of the eval-loss matrix (token loss on the reference
     answers; lower is better, loss_BWT > 0 is forgetting): finer-grained than a few samples' scores. BWT compares
-    each task's evaluations on the samples all of them scored (cl_metrics.shared_losses), as the score figures do."""
+    each task's evaluations on the samples all of them scored (cl_metrics.shared_losses), as the score figures do;
+    None without an old task (``per_sample``, the run's run_losses, is None: method_losses)."""
     final = statistics.fmean(summary["loss_matrix"][-1])
-    if len(summary["loss_matrix"]) != len(summary["tasks"]):  # multi-task: one stage, no backward transfer
+    if per_sample is None:
         return dict(loss_final=final, loss_BWT=None)
-    per_sample = run_losses(run, summary)
     losses = shared_losses(per_sample["nll"], per_sample["tokens"])
     return dict(loss_final=final, loss_BWT=continual_metrics(losses[1:], losses[0])["BWT"])
 
@@ -175,11 +176,11 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
     return recovery_report(samples, tasks, resamples)
 
 
-def aggregate(runs: list[Path], summaries: list[dict], scores: list[list], groups: list, resamples: int) -> dict:
-    """One method over its seeds (``runs``, their summaries and per-sample scores): every figure and final score as
-    [mean, std] and its 95 % interval (``_ci``)."""
+def aggregate(summaries: list[dict], scores: list[list], losses: list | None, groups: list, resamples: int) -> dict:
+    """One method over its seeds (their summaries, per-sample scores and method_losses): every figure and final score
+    as [mean, std] and its 95 % interval (``_ci``)."""
     tasks = summaries[0]["tasks"]
-    losses = [loss_figures(run, s) for run, s in zip(runs, summaries)]
+    losses = [loss_figures(s, losses and losses[i]) for i, s in enumerate(summaries)]
     bootstrap = Bootstrap(groups, resamples, seeds=len(summaries))
     figures = bootstrap.figures(scores)
     _, final = bootstrap.final_scores(scores)
@@ -198,9 +199,8 @@ def aggregate(runs: list[Path], summaries: list[dict], scores: list[list], group
 def paired_differences(scores: dict[str, list], groups: list, resamples: int, reference: str = REFERENCE,
                        losses: dict[str, list | None] | None = None) -> dict[str, dict]:
     """{entry: {figure: {difference, ci, excludes_zero}}}: each entry minus ``reference`` in PAIRED over the same
-    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries. loss_BWT
-    (cl_metrics.paired_loss_bwt from ``losses``, the method_losses; None where either side has none) also holds
-    per_seed and seed_ci (cl_metrics.seed_t_interval), and excludes 0 only where both its intervals do."""
+    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries. loss_BWT:
+    loss_difference of the two entries' ``losses`` (method_losses)."""
     if reference not in scores:
         return {}
     losses = losses or {}
@@ -209,15 +209,20 @@ def paired_differences(scores: dict[str, list], groups: list, resamples: int, re
         if method == reference:
             continue
         differences = paired_difference(runs, scores[reference], groups, resamples)
-        table[method] = {k: None if differences[k] is None else difference_entry(*differences[k]) for k in PAIRED
-                         if k != "loss_BWT"}
-        table[method]["loss_BWT"] = None
-        if losses.get(method) and losses.get(reference):
-            difference, ci, per_seed = paired_loss_bwt(losses[method], losses[reference], groups, resamples)
-            seed_ci = seed_t_interval(per_seed)
-            table[method]["loss_BWT"] = dict(difference_entry(difference, ci, seed_ci), per_seed=per_seed,
-                                             seed_ci=seed_ci)
+        table[method] = {k: None if differences[k] is None else difference_entry(*differences[k])
+                         for k in SCORE_PAIRED}
+        table[method]["loss_BWT"] = loss_difference(losses.get(method), losses.get(reference), groups, resamples)
     return table
+
+
+def loss_difference(losses: list | None, reference: list | None, groups: list, resamples: int) -> dict | None:
+    """The paired Δloss_BWT entry (cl_metrics.paired_loss_bwt) with per_seed and seed_ci
+    (cl_metrics.seed_t_interval); excludes 0 only where both its intervals do; None where either side has none."""
+    if not losses or not reference:
+        return None
+    difference, ci, per_seed = paired_loss_bwt(losses, reference, groups, resamples)
+    seed_ci = seed_t_interval(per_seed)
+    return dict(difference_entry(difference, ci, seed_ci), per_seed=per_seed, seed_ci=seed_ci)
 
 
 def difference_entry(difference: float, *intervals: list[float] | None) -> dict:
@@ -274,14 +279,17 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
 
 
 def difference_lines(differences: dict[str, dict], reference: str) -> list[str]:
-    """The table of paired differences from the reference, Δloss_BWT's per-seed values and t interval beside it."""
+    """The table of paired differences from the reference, Δloss_BWT's per-seed values and t interval beside it (its
+    explanation only where a row has one: none against a multi-task reference)."""
     head = ["method", *(f"Δ{k}" for k in PAIRED), "Δloss_BWT per seed [t over seeds]"]
+    loss_note = (" Δloss_BWT: the difference in how much the token loss on the old tasks' references rose from their"
+                 " own stage to the last (> 0: more forgetting of the reference answers; on the samples both stages"
+                 " scored), bold only where its Student-t interval over the seeds (which the bootstrap over few seeds"
+                 " understates) excludes 0 as well."
+                 if any(row["loss_BWT"] for row in differences.values()) else "")
     return ["", f"## Paired differences from `{reference}`", "",
             f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
-            " interval]; **bold**: the interval excludes 0. Δloss_BWT: the difference in how much the token loss on"
-            " the old tasks' references rose from their own stage to the last (> 0: more forgetting of the reference"
-            " answers; on the samples both stages scored), bold only where its Student-t interval over the seeds"
-            " (which the bootstrap over few seeds understates) excludes 0 as well.", "",
+            f" interval]; **bold**: the interval excludes 0.{loss_note}", "",
             "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
             *("| " + " | ".join([method, *(difference_cell(row[k], 3 if k == "loss_BWT" else 2) for k in PAIRED),
                                  seed_cell(row["loss_BWT"])]) + " |" for method, row in differences.items())]
@@ -532,11 +540,12 @@ def main(argv: list[str] | None = None) -> dict:
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]
     resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
-    table = {label: dict(aggregate(runs[label], summaries[label], scores[label], groups, resamples),
+    losses = method_losses(runs, summaries)
+    table = {label: dict(aggregate(summaries[label], scores[label], losses[label], groups, resamples),
                          recovery=None if args.stages is not None else
                          recovery_figures(runs[label], summaries[label], resamples))
              for label in entries}
-    differences = paired_differences(scores, groups, resamples, args.reference, method_losses(runs, summaries))
+    differences = paired_differences(scores, groups, resamples, args.reference, losses)
     tasks = summaries[next(iter(entries))][0]["tasks"]
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
