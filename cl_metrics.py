@@ -406,13 +406,17 @@ def paired_loss_bwt(losses: list[dict], reference: list[dict], groups: list, res
 
 
 def paired_difference(runs: list[list], reference: list[list], groups: list, resamples: int
-                      ) -> dict[str, tuple[float, list[float]] | None]:
+                      ) -> dict[str, tuple[float, list[float], list[float]] | None]:
     """Figure of ``runs`` minus the same figure of ``reference`` (each a list of seeds' runs on the same samples,
-    seed k of one paired with seed k of the other), averaged over seeds, with its 95 % interval: every resample
-    draws the same samples and the same seeds for both."""
+    seed k of one paired with seed k of the other), averaged over seeds, with its 95 % interval (every resample
+    draws the same samples and the same seeds for both) and the per-seed differences (their mean is the
+    difference: a figure's seed-mean is the mean of its seeds' figures)."""
     if len(runs) != len(reference):
         raise ValueError(f"paired difference needs the same seeds on both sides ({len(runs)} vs {len(reference)} runs)")
     bootstrap = Bootstrap(groups, resamples, seeds=len(runs))
     mine, theirs = bootstrap.figures(runs), bootstrap.figures(reference)
+    one_draw = Bootstrap(groups, 1)  # a single seed's value: its point does not depend on the draws
+    per_seed = [(one_draw.figures([a]), one_draw.figures([b])) for a, b in zip(runs, reference)]
     return {key: None if mine[key] is None or theirs[key] is None else
-            (mine[key][0] - theirs[key][0], interval(mine[key][1] - theirs[key][1])) for key in FIGURES}
+            (mine[key][0] - theirs[key][0], interval(mine[key][1] - theirs[key][1]),
+             [a[key][0] - b[key][0] for a, b in per_seed]) for key in FIGURES}

@@ -198,9 +198,9 @@ def aggregate(summaries: list[dict], scores: list[list], losses: list | None, gr
 
 def paired_differences(scores: dict[str, list], groups: list, resamples: int, reference: str = REFERENCE,
                        losses: dict[str, list | None] | None = None) -> dict[str, dict]:
-    """{entry: {figure: {difference, ci, excludes_zero}}}: each entry minus ``reference`` in PAIRED over the same
-    samples and seeds (cl_metrics.paired_difference); empty without ``reference`` among the entries. loss_BWT:
-    loss_difference of the two entries' ``losses`` (method_losses)."""
+    """{entry: {figure: seeded_entry}}: each entry minus ``reference`` in PAIRED over the same samples and seeds
+    (cl_metrics.paired_difference; loss_BWT: cl_metrics.paired_loss_bwt of the two entries' ``losses``, the
+    method_losses, None where either side has none); empty without ``reference`` among the entries."""
     if reference not in scores:
         return {}
     losses = losses or {}
@@ -209,30 +209,23 @@ def paired_differences(scores: dict[str, list], groups: list, resamples: int, re
         if method == reference:
             continue
         differences = paired_difference(runs, scores[reference], groups, resamples)
-        table[method] = {k: None if differences[k] is None else difference_entry(*differences[k])
-                         for k in SCORE_PAIRED}
-        table[method]["loss_BWT"] = loss_difference(losses.get(method), losses.get(reference), groups, resamples)
+        table[method] = {k: differences[k] and seeded_entry(*differences[k]) for k in SCORE_PAIRED}
+        pair = losses.get(method), losses.get(reference)
+        table[method]["loss_BWT"] = seeded_entry(*paired_loss_bwt(*pair, groups, resamples)) if all(pair) else None
     return table
 
 
-def loss_difference(losses: list | None, reference: list | None, groups: list, resamples: int) -> dict | None:
-    """The paired Δloss_BWT entry (cl_metrics.paired_loss_bwt) with per_seed and seed_ci
-    (cl_metrics.seed_t_interval); excludes 0 only where both its intervals do; None where either side has none."""
-    if not losses or not reference:
-        return None
-    difference, ci, per_seed = paired_loss_bwt(losses, reference, groups, resamples)
+def seeded_entry(difference: float, ci: list[float], per_seed: list[float]) -> dict:
+    """{difference, ci, per_seed, seed_ci, excludes_zero}: a paired difference, its bootstrap interval, its per-seed
+    values and their Student-t interval (cl_metrics.seed_t_interval; None for one seed). It excludes 0 only where
+    both intervals do: a bootstrap that resamples 3 seeds understates the spread between them."""
     seed_ci = seed_t_interval(per_seed)
-    return dict(difference_entry(difference, ci, seed_ci), per_seed=per_seed, seed_ci=seed_ci)
-
-
-def difference_entry(difference: float, *intervals: list[float] | None) -> dict:
-    """{difference, ci (the first interval), excludes_zero: every given interval excludes 0}."""
-    given = [ci for ci in intervals if ci is not None]
-    return dict(difference=difference, ci=intervals[0], excludes_zero=all(not lo <= 0 <= hi for lo, hi in given))
+    return dict(difference=difference, ci=ci, per_seed=per_seed, seed_ci=seed_ci,
+                excludes_zero=all(not lo <= 0 <= hi for lo, hi in (ci, seed_ci or ci)))
 
 
 def difference_cell(entry: dict | None, ci_digits: int = 2) -> str:
-    """``+0.100 [+0.02, +0.18]``, in bold where the interval excludes 0."""
+    """``+0.100 [+0.02, +0.18]``, in bold where it excludes 0 (seeded_entry)."""
     if entry is None:
         return "–"
     text = format_score(entry["difference"], entry["ci"], sign=True, ci_digits=ci_digits)
@@ -279,28 +272,36 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
 
 
 def difference_lines(differences: dict[str, dict], reference: str) -> list[str]:
-    """The table of paired differences from the reference, Δloss_BWT's per-seed values and t interval beside it (its
-    explanation only where a row has one: none against a multi-task reference)."""
-    head = ["method", *(f"Δ{k}" for k in PAIRED), "Δloss_BWT per seed [t over seeds]"]
+    """The table of paired differences from the reference and, over several seeds, their per-seed values and t
+    intervals."""
+    several = any(len(entry["per_seed"]) > 1 for row in differences.values() for entry in row.values() if entry)
     loss_note = (" Δloss_BWT: the difference in how much the token loss on the old tasks' references rose from their"
                  " own stage to the last (> 0: more forgetting of the reference answers; on the samples both stages"
-                 " scored), bold only where its Student-t interval over the seeds (which the bootstrap over few seeds"
-                 " understates) excludes 0 as well."
-                 if any(row["loss_BWT"] for row in differences.values()) else "")
-    return ["", f"## Paired differences from `{reference}`", "",
-            f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
-            f" interval]; **bold**: the interval excludes 0.{loss_note}", "",
-            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-            *("| " + " | ".join([method, *(difference_cell(row[k], 3 if k == "loss_BWT" else 2) for k in PAIRED),
-                                 seed_cell(row["loss_BWT"])]) + " |" for method, row in differences.items())]
+                 " scored)." if any(row["loss_BWT"] for row in differences.values()) else "")
+    head = ["method", *(f"Δ{k}" for k in PAIRED)]
+
+    def rows(cell) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                *("| " + " | ".join([method, *(cell(row[k], 3 if k == "loss_BWT" else 2) for k in PAIRED)]) + " |"
+                  for method, row in differences.items())]
+    lines = ["", f"## Paired differences from `{reference}`", "",
+             f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
+             " interval]; **bold**: the interval excludes 0"
+             + (", and so does the Student-t interval over the seeds below (which the bootstrap over few seeds"
+                " understates)" if several else "") + f".{loss_note}", "", *rows(difference_cell)]
+    if not several:  # one seed: its values are the table's
+        return lines
+    return lines + ["", "Per seed, in the order of the seeds [95 % Student-t interval over the seeds]:", "",
+                    *rows(seed_cell)]
 
 
-def seed_cell(entry: dict | None) -> str:
-    """``+0.043, +0.073, +0.070 [+0.021, +0.103]``: per-seed values and their t interval (none for one seed)."""
+def seed_cell(entry: dict | None, digits: int) -> str:
+    """``+0.04, +0.07, +0.07 [+0.02, +0.10]``: per-seed values and their t interval (none for one seed)."""
     if entry is None:
         return "–"
-    values = ", ".join(f"{v:+.3f}" for v in entry["per_seed"])
-    return values if entry["seed_ci"] is None else f"{values} [{entry['seed_ci'][0]:+.3f}, {entry['seed_ci'][1]:+.3f}]"
+    values = ", ".join(f"{v:+.{digits}f}" for v in entry["per_seed"])
+    return values if entry["seed_ci"] is None else \
+        f"{values} [{entry['seed_ci'][0]:+.{digits}f}, {entry['seed_ci'][1]:+.{digits}f}]"
 
 
 def plasticity_lines(table: dict[str, dict], tasks: list[str]) -> list[str]:

@@ -67,11 +67,13 @@ def test_paired_difference_is_zero_for_identical_methods_and_found_for_a_real_on
     seeds = [[(rng.random((3, 30)) < 0.5).astype(float), (rng.random((3, 30)) < 0.5).astype(float)] for _ in range(3)]
     same = paired_difference(seeds, seeds, groups, 1000)
     for key in ("AP", "BWT", "LA"):
-        assert same[key] == (0.0, [0.0, 0.0])
+        assert same[key] == (0.0, [0.0, 0.0], [0.0, 0.0, 0.0])
     better = [[np.vstack([s[:-1], np.minimum(1, s[-1:] + 1.0)]) if j == 0 else s for j, s in enumerate(run)]
               for run in seeds]  # task 0 right on every sample after the last stage
-    difference, (lo, hi) = paired_difference(better, seeds, groups, 1000)["AP"]
+    difference, (lo, hi), per_seed = paired_difference(better, seeds, groups, 1000)["AP"]
     assert difference > 0 and lo > 0  # the interval excludes 0
+    alone = [paired_difference([b], [s], groups, 10)["AP"][0] for b, s in zip(better, seeds)]  # each seed alone
+    assert per_seed == pytest.approx(alone) and difference == pytest.approx(np.mean(per_seed))
     with pytest.raises(ValueError, match="same seeds"):
         paired_difference(seeds[:2], seeds, groups, 1000)
 

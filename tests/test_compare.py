@@ -187,7 +187,8 @@ def test_paired_difference_of_identical_methods_is_zero_and_unmarked():
     differences = compare_methods.paired_differences({"ds_lora_slsd": runs, "seq_lora": runs}, groups, 500)
     assert set(differences) == {"seq_lora"}
     for key in ("AP", "BWT", "LA", "forgetting"):
-        assert differences["seq_lora"][key] == dict(difference=0.0, ci=[0.0, 0.0], excludes_zero=False)
+        assert differences["seq_lora"][key] == dict(difference=0.0, ci=[0.0, 0.0], per_seed=[0.0, 0.0],
+                                                    seed_ci=[0.0, 0.0], excludes_zero=False)
     assert compare_methods.difference_cell(differences["seq_lora"]["AP"]) == "+0.000 [+0.00, +0.00]"
     assert compare_methods.difference_cell(dict(difference=0.2, ci=[0.1, 0.3], excludes_zero=True)).startswith("**")
     assert compare_methods.paired_differences({"seq_lora": runs}, groups, 500) == {}  # no reference: no table
@@ -241,7 +242,33 @@ def test_loss_bwt_is_bold_only_where_the_seeds_agree():
     assert apart["per_seed"] == [pytest.approx(0.5), pytest.approx(0.1)] and apart["ci"][0] > 0
     assert apart["seed_ci"][0] < 0 < apart["seed_ci"][1] and not apart["excludes_zero"]
     assert alike["excludes_zero"] and alike["seed_ci"] == [pytest.approx(0.5), pytest.approx(0.5)]
-    assert compare_methods.seed_cell(apart).startswith("+0.500, +0.100 [-")
+    assert compare_methods.seed_cell(apart, 3).startswith("+0.500, +0.100 [-")
+
+
+def test_a_score_difference_is_bold_only_where_the_seeds_agree():
+    """Two seeds, task 0 scored again after the last stage. A method right on every sample of it on both seeds is
+    ahead on every seed alike: marked. One right on all 20 on seed 1 and on 4 of them on seed 2 is ahead by the
+    bootstrap, but its t interval over the two seeds reaches 0: not marked."""
+    rng = np.random.default_rng(3)
+    groups = [[""] * 20, [""] * 20]
+    ref = [[np.zeros((3, 20)), (rng.random((3, 20)) < 0.5).astype(float)] for _ in range(2)]
+
+    def right_on(run, samples):
+        last = run[0].copy()
+        last[2, :samples] = 1.0
+        return [last, run[1]]
+    differences = compare_methods.paired_differences(
+        {"ref": ref, "alike": [right_on(r, 20) for r in ref], "apart": [right_on(ref[0], 20), right_on(ref[1], 4)]},
+        groups, 500, "ref")
+    alike, apart = differences["alike"]["AP"], differences["apart"]["AP"]
+    assert alike["per_seed"] == [pytest.approx(0.5), pytest.approx(0.5)] and alike["excludes_zero"]
+    assert apart["per_seed"] == [pytest.approx(0.5), pytest.approx(0.1)] and apart["ci"][0] > 0
+    assert apart["seed_ci"][0] < 0 and not apart["excludes_zero"]
+    assert not compare_methods.difference_cell(apart).startswith("**")
+    assert compare_methods.seeded_entry(0.3, [0.1, 0.5], [0.3])["excludes_zero"]  # one seed: the bootstrap decides
+    assert not compare_methods.seeded_entry(0.3, [-0.1, 0.5], [0.3, 0.3])["excludes_zero"]
+    text = "\n".join(compare_methods.difference_lines(differences, "ref"))
+    assert "+0.50, +0.10 [-" in text and "Per seed" in text  # the per-seed table, with the t interval
 
 
 def test_method_losses_none_without_an_old_task():
