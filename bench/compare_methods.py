@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -221,7 +222,8 @@ def seeded_entry(difference: float, ci: list[float], per_seed: list[float]) -> d
     both intervals do: a bootstrap that resamples 3 seeds understates the spread between them."""
     seed_ci = seed_t_interval(per_seed)
     return dict(difference=difference, ci=ci, per_seed=per_seed, seed_ci=seed_ci,
-                excludes_zero=all(not lo <= 0 <= hi for lo, hi in (ci, seed_ci or ci)))
+                excludes_zero=all(math.isfinite(lo) and math.isfinite(hi) and not lo <= 0 <= hi  # NaN: unknown
+                                  for lo, hi in (ci, seed_ci or ci)))
 
 
 def difference_cell(entry: dict | None, ci_digits: int = 2) -> str:
@@ -346,7 +348,8 @@ def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
 
 
 def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path | None:
-    """Each entry's paired difference from the reference in every PAIRED figure, with its 95 % interval."""
+    """Each entry's paired difference from the reference in every PAIRED figure: its 95 % bootstrap interval and,
+    over several seeds, its t interval over the seeds below it (grey); a filled marker where both exclude 0."""
     if not differences:
         return None
     import matplotlib.pyplot as plt
@@ -356,13 +359,18 @@ def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path
     fig, axes = plt.subplots(1, len(PAIRED), figsize=(3.2 * len(PAIRED), 0.45 * len(labels) + 1.6), sharey=True)
     for ax, key in zip(axes, PAIRED):
         rows = [(i, differences[label][key]) for i, label in enumerate(labels) if differences[label][key]]
-        values = [entry["difference"] for _, entry in rows]
-        ax.errorbar(values, [i for i, _ in rows], xerr=error_bars(values, [entry["ci"] for _, entry in rows]),
-                    fmt="o", capsize=3)
+        for i, entry in rows:
+            ax.errorbar([entry["difference"]], [i], xerr=error_bars([entry["difference"]], [entry["ci"]]), fmt="o",
+                        capsize=3, color="C0", mfc="C0" if entry["excludes_zero"] else "white")
+            if entry["seed_ci"] is not None:
+                ax.errorbar([entry["difference"]], [i + 0.25], fmt="none", capsize=2, color="grey", lw=0.9,
+                            xerr=error_bars([entry["difference"]], [entry["seed_ci"]]))
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_title(f"Δ{key} vs {reference}")
     axes[0].set_yticks(range(len(labels)), labels)
     axes[0].invert_yaxis()
+    fig.text(0.5, -0.02, "blue: 95 % paired bootstrap interval; grey: 95 % t interval over the seeds; filled: both "
+             "exclude 0", ha="center", va="top", fontsize=9)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out

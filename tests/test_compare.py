@@ -267,6 +267,7 @@ def test_a_score_difference_is_bold_only_where_the_seeds_agree():
     assert not compare_methods.difference_cell(apart).startswith("**")
     assert compare_methods.seeded_entry(0.3, [0.1, 0.5], [0.3])["excludes_zero"]  # one seed: the bootstrap decides
     assert not compare_methods.seeded_entry(0.3, [-0.1, 0.5], [0.3, 0.3])["excludes_zero"]
+    assert not compare_methods.seeded_entry(0.3, [0.1, 0.5], [0.3, float("nan")])["excludes_zero"]  # NaN: unknown
     text = "\n".join(compare_methods.difference_lines(differences, "ref"))
     assert "+0.50, +0.10 [-" in text and "Per seed" in text  # the per-seed table, with the t interval
 
