@@ -369,8 +369,9 @@ def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path
         ax.set_title(f"Δ{key} vs {reference}")
     axes[0].set_yticks(range(len(labels)), labels)
     axes[0].invert_yaxis()
-    fig.text(0.5, -0.02, "blue: 95 % paired bootstrap interval; grey: 95 % t interval over the seeds; filled: both "
-             "exclude 0", ha="center", va="top", fontsize=9)
+    several = any(entry and entry["seed_ci"] for row in differences.values() for entry in row.values())
+    fig.text(0.5, -0.02, "blue: 95 % paired bootstrap interval; " + ("grey: 95 % t interval over the seeds; filled: "
+             "both exclude 0" if several else "filled: it excludes 0"), ha="center", va="top", fontsize=9)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
