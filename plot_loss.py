@@ -124,39 +124,45 @@ def plot_score_matrix(run: Path, summary: dict, stages: list[str]) -> Path:
     return _save(fig, run / "score_matrix.png")
 
 
-def plot_comparison(runs: list[Path], out: Path | None = None, labels: list[str] | None = None) -> list[Path]:
-    """AP, LA, BWT, FWT, forgetting and the final per-task scores of several runs side by side, each with its 95 %
-    interval as an error bar (``labels``: one name per run, default the folder names); written into each run folder
-    as comparison.png, or to ``out`` only."""
-    named = [(run, name) for run, name in zip(runs, labels or [run.name for run in runs])
-             if (run / "summary.json").is_file()]
-    if len(named) < 2:
+def plot_comparison(rows: dict[str, dict], paths: list[Path], title: str | None = None) -> list[Path]:
+    """AP, LA, BWT, FWT, forgetting and the final per-task scores of several entries side by side, each with its 95 %
+    interval as an error bar. ``rows``: name -> {figure: value, figure_ci: [lo, hi] or None, final_scores: {task:
+    value}, final_ci: {task: [lo, hi]}}: a run's summary.json, or a comparison's means over its seeds. Written to
+    every path in ``paths``; nothing for fewer than two entries."""
+    if len(rows) < 2:
         return []
-    summaries = [(name, json.loads((run / "summary.json").read_text())) for run, name in named]
-    names = [name for name, _ in summaries]
+    names = list(rows)
     colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(14, 1.1 * len(names)), 4.5))
     for offset, key in enumerate(FIGURES):
-        values = [s[key] or 0 for _, s in summaries]
+        values = [row[key] or 0 for row in rows.values()]
         left.bar([i + offset * 0.16 for i in range(len(names))], values, 0.16, label=key,
-                 yerr=error_bars(values, [s[f"{key}_ci"] for _, s in summaries]), capsize=2)
+                 yerr=error_bars(values, [row[f"{key}_ci"] for row in rows.values()]), capsize=2)
     left.set_xticks([i + 0.32 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8)
     left.axhline(0, color="black", linewidth=0.5)
-    left.legend()
-    tasks = summaries[0][1]["tasks"]
-    width = 0.8 / len(summaries)
-    for k, (name, summary) in enumerate(summaries):
-        values = [summary["final_scores"].get(t, 0) for t in tasks]
+    left.legend(ncols=len(FIGURES), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0))  # above the bars
+    tasks = list(next(iter(rows.values()))["final_scores"])
+    width = 0.8 / len(rows)
+    for k, (name, row) in enumerate(rows.items()):
+        values = [row["final_scores"].get(t, 0) for t in tasks]
         right.bar([i + k * width for i in range(len(tasks))], values, width, label=name, color=colors[k % len(colors)],
-                  yerr=error_bars(values, [summary["final_ci"].get(t) for t in tasks]), capsize=2)
+                  yerr=error_bars(values, [row["final_ci"].get(t) for t in tasks]), capsize=2)
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=20)
     right.set_title("final score per task")
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    paths = [out] if out is not None else [run / "comparison.png" for run, _ in named]
+    if title:
+        fig.suptitle(title)
     for path in paths:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def plot_run_comparison(runs: list[Path]) -> list[Path]:
+    """plot_comparison of the finished sequential runs among ``runs``, as comparison.png in each run folder."""
+    finished = [run for run in runs if (run / "summary.json").is_file()]
+    rows = {run.name: json.loads((run / "summary.json").read_text()) for run in finished}
+    return plot_comparison(rows, [run / "comparison.png" for run in finished])
 
 
 def error_bars(values: list[float], intervals: list[list[float] | None]) -> list[list[float]]:
@@ -177,7 +183,7 @@ def plot_runs(runs: list[Path]) -> list[Path]:
         if not run.is_dir():
             raise FileNotFoundError(f"no run folder {run}")
         written += [p for p in [plot_train_loss(run)] if p] + plot_eval(run)
-    return written + plot_comparison(runs)
+    return written + plot_run_comparison(runs)
 
 
 def latest_run(log_dir: Path, prefix: str = "", marker: str = "train_loss.jsonl") -> Path:

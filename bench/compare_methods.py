@@ -18,7 +18,8 @@ bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the f
 task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
 parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA
 and forgetting with its interval, marked where the interval excludes 0; bench/results/<name>_comparison.png
-(plot_loss.py's comparison of the first seed's runs) and <name>_paired.png (the paired differences). Probe fields
+(the table's means over seeds and their intervals, plot_loss.py's comparison) and <name>_paired.png (the paired
+differences). Probe fields
 (configs.base_config.PROBE_FIELDS: recovery_steps, recovery_samples, recovery_lr_scale) go to the probe, not to the
 runs, so changing them re-probes without retraining.
 
@@ -347,6 +348,14 @@ def entries_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> d
     return entries
 
 
+def comparison_rows(table: dict[str, dict]) -> dict[str, dict]:
+    """The table's entries as plot_comparison draws them: each figure's and final score's mean over the seeds, with
+    the interval the table gives it (over the test samples and the seeds)."""
+    return {label: dict(**{k: row[k][0] for k in FIGURES}, **{f"{k}_ci": row[f"{k}_ci"] for k in FIGURES},
+                        final_scores={t: v[0] for t, v in row["final_scores"].items()}, final_ci=row["final_ci"])
+            for label, row in table.items()}
+
+
 def plot_paired(differences: dict[str, dict], reference: str, out: Path) -> Path | None:
     """Each entry's paired difference from the reference in every PAIRED figure: its 95 % bootstrap interval and,
     over several seeds, its t interval over the seeds below it (grey); a filled marker where both exclude 0."""
@@ -566,8 +575,9 @@ def main(argv: list[str] | None = None) -> dict:
                    stages=args.stages,
                    table=table, reference=args.reference, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
-    if args.stages is None:  # plot_comparison draws whole runs
-        plot_comparison([r[0] for r in runs.values()], out / f"{name}_comparison.png", labels=list(runs))
+    plot_comparison(comparison_rows(table), [out / f"{name}_comparison.png"],
+                    title=f"{name}: seed {seeds[0]}, 95 % intervals over the test samples" if len(seeds) == 1 else
+                    f"{name}: mean over seeds {', '.join(seeds)}; 95 % intervals over the test samples and the seeds")
     plot_paired(differences, args.reference, out / f"{name}_paired.png")
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),

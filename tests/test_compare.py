@@ -16,9 +16,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import compare_methods  # noqa: E402
+from cl_metrics import FIGURES  # noqa: E402
 from configs.base_config import build_config  # noqa: E402
 from plot_loss import smooth, smooth_by_stage  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
+
+
+def test_the_comparison_plot_draws_each_figure_s_mean_over_the_seeds_with_the_table_s_interval(tmp_path):
+    row = dict(seeds=2, **{k: [0.25 + i / 10, 0.07] for i, k in enumerate(FIGURES)},
+               **{f"{k}_ci": [0.1 + i / 10, 0.4 + i / 10] for i, k in enumerate(FIGURES)},
+               final_scores={"T1_general": [0.5, 0.1], "T2_math": [0.0, 0.0]},
+               final_ci={"T1_general": [0.3, 0.7], "T2_math": [0.0, 0.0]})
+    rows = compare_methods.comparison_rows({"a": row, "b": dict(row, AP=[None, None], AP_ci=None)})
+    assert rows["a"] == dict(**{k: row[k][0] for k in FIGURES}, **{f"{k}_ci": row[f"{k}_ci"] for k in FIGURES},
+                             final_scores={"T1_general": 0.5, "T2_math": 0.0}, final_ci=row["final_ci"])
+    assert rows["b"]["AP"] is None and rows["b"]["AP_ci"] is None  # a figure a method lacks (multitask's BWT)
+    path = tmp_path / "c.png"
+    assert compare_methods.plot_comparison(rows, [path], title="t") == [path] and path.stat().st_size > 0
 
 
 def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, capsys):
@@ -29,9 +43,13 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
             "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
             "--checkpoint_dir", str(tmp_path / "ckpt"), "--archive_dir", str(tmp_path / "archive")]
+    drawn = []  # what the comparison plot is given: the table's means over the seeds, not one seed's runs
+    plot = compare_methods.plot_comparison
+    monkeypatch.setattr(compare_methods, "plot_comparison", lambda rows, *a, **k: drawn.append(rows) or plot(rows, *a, **k))
     result = compare_methods.main(argv)
 
     saved = json.loads((results / "t.json").read_text())
+    assert drawn == [compare_methods.comparison_rows(saved["table"])]
     table = saved["table"]
     assert set(table) == {"seq_lora", "kd2"} and set(result["AP"]) == set(table) == set(result["LA"])
     for label, row in table.items():
