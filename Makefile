@@ -50,11 +50,12 @@ bench: setup $(DATA)
 	$(PY) bench/gpu_check.py
 	$(PY) bench/bench_gpu_throughput.py
 
-# The lower bound and the method with its ablation first (3 seeds), then every method; runs are reused across the two
-# and across sessions (each run resumes where it stopped).
+# The lower bound and the method with its ablation first (3 seeds), then every method (bench/results/study_3seeds.md,
+# the README's 3-seed table); runs are reused across the two and across sessions (each run resumes where it stopped).
+ALL_METHODS := ds_lora_slsd,ds_lora,seq_lora,slsd_both,slsd_random,ds_lora_slsd_per_task,freeze_only,replay,ewc,lwf,o_lora,gorp,ilora,multitask
 study: setup $(DATA)
 	$(PY) bench/compare_methods.py --jobs 2 --name study_core --runs_of study --methods seq_lora,ds_lora,ds_lora_slsd
-	$(PY) bench/compare_methods.py --jobs 2
+	$(PY) bench/compare_methods.py --jobs 2 --name study_3seeds --runs_of study --methods $(ALL_METHODS)
 
 # ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
 # kd_strong (λ 5, a KD term at every step) first: can any dose move forgetting? kd_strong_both: and with KD on both
