@@ -81,6 +81,7 @@ from utils_data import json_ready, read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
+SPLIT_NAMES = {"val": "validation"}  # how the tables name an --eval_split the intervals are over (else as given)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
 SCORE_PAIRED = ("AP", "BWT", "LA", "forgetting")  # cl_metrics.paired_difference
 PAIRED = (*SCORE_PAIRED, "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
@@ -244,12 +245,13 @@ def recovery_cells(recovery: dict | None) -> list[str]:
 
 
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
-             seeds: list[str], reference: str = REFERENCE, stages: int | None = None) -> str:
+             seeds: list[str], reference: str = REFERENCE, stages: int | None = None,
+             samples: str = "test samples") -> str:
     head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "illusory beyond control",
             "format drift only", *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
-             f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the test samples and"
+             f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the {samples} and"
              " seeds]; scores are the task metrics (0–1) after the last stage (LA: each task right after its own"
              " stage); final eval loss (mean ± std over seeds) is the mean token loss on the reference answers after"
              " the last stage and loss BWT its backward transfer (> 0: the loss on earlier tasks rose, i.e."
@@ -268,13 +270,13 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
                  *(cell(row[k]) for k in LOSS_METRICS),
                  f"{row['trainable_params']:,}", f"{row['train_wall_s'][0]:.0f}", f"{row['peak_memory_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += plasticity_lines(table, tasks)
+    lines += plasticity_lines(table, tasks, samples)
     if differences:
-        lines += difference_lines(differences, reference)
+        lines += difference_lines(differences, reference, samples)
     return "\n".join(lines) + "\n"
 
 
-def difference_lines(differences: dict[str, dict], reference: str) -> list[str]:
+def difference_lines(differences: dict[str, dict], reference: str, samples: str = "test samples") -> list[str]:
     """The table of paired differences from the reference and, over several seeds, their per-seed values and t
     intervals."""
     several = any(len(entry["per_seed"]) > 1 for row in differences.values() for entry in row.values() if entry)
@@ -288,7 +290,7 @@ def difference_lines(differences: dict[str, dict], reference: str) -> list[str]:
                 *("| " + " | ".join([method, *(cell(row[k], 3 if k == "loss_BWT" else 2) for k in PAIRED)]) + " |"
                   for method, row in differences.items())]
     lines = ["", f"## Paired differences from `{reference}`", "",
-             f"Method minus {reference} on the same test samples and seeds, mean over seeds [95 % paired bootstrap"
+             f"Method minus {reference} on the same {samples} and seeds, mean over seeds [95 % paired bootstrap"
              " interval]; **bold**: the interval excludes 0"
              + (", and so does the Student-t interval over the seeds below (which the bootstrap over few seeds"
                 " understates)" if several else "") + f".{loss_note}", "", *rows(difference_cell)]
@@ -307,13 +309,13 @@ def seed_cell(entry: dict | None, digits: int) -> str:
         f"{values} [{entry['seed_ci'][0]:+.{digits}f}, {entry['seed_ci'][1]:+.{digits}f}]"
 
 
-def plasticity_lines(table: dict[str, dict], tasks: list[str]) -> list[str]:
+def plasticity_lines(table: dict[str, dict], tasks: list[str], samples: str = "test samples") -> list[str]:
     """The table of each task's gain in its own stage, R[i][i] − base[i], per method (none for multi-task)."""
     rows = [(method, row["plasticity"]) for method, row in table.items() if row["plasticity"]]
     if not rows:
         return []
     return ["", "## Plasticity", "", "Each task's gain in its own stage, R[i][i] − base[i], mean over seeds [95 % "
-            "bootstrap interval over the test samples and seeds].", "", "| method | " + " | ".join(tasks) + " |",
+            f"bootstrap interval over the {samples} and seeds].", "", "| method | " + " | ".join(tasks) + " |",
             "|" + "---|" * (len(tasks) + 1),
             *("| " + " | ".join([method, *(format_score(*gains[t], sign=True) for t in tasks)]) + " |"
               for method, gains in rows)]
@@ -558,7 +560,9 @@ def main(argv: list[str] | None = None) -> dict:
     summaries = {label: [read_summary(d, args.stages) for d in dirs] for label, dirs in runs.items()}
     scores, groups = method_scores(runs, summaries)
     first = next(iter(runs.values()))[0]
-    resamples = json.loads((first / "config.json").read_text())["bootstrap_resamples"]
+    first_config = json.loads((first / "config.json").read_text())
+    resamples = first_config["bootstrap_resamples"]
+    samples = f"{SPLIT_NAMES.get(first_config['eval_split'], first_config['eval_split'])} samples"
     losses = method_losses(runs, summaries)
     table = {label: dict(aggregate(summaries[label], scores[label], losses[label], groups, resamples),
                          recovery=None if args.stages is not None else
@@ -569,15 +573,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
     command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
-    text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages)
+    text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages, samples)
     (out / f"{name}.md").write_text(text)
     summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
                    stages=args.stages,
                    table=table, reference=args.reference, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     plot_comparison(comparison_rows(table), [out / f"{name}_comparison.png"],
-                    title=f"{name}: seed {seeds[0]}, 95 % intervals over the test samples" if len(seeds) == 1 else
-                    f"{name}: mean over seeds {', '.join(seeds)}; 95 % intervals over the test samples and the seeds")
+                    title=f"{name}: seed {seeds[0]}, 95 % intervals over the {samples}" if len(seeds) == 1 else
+                    f"{name}: mean over seeds {', '.join(seeds)}; 95 % intervals over the {samples} and the seeds")
     plot_paired(differences, args.reference, out / f"{name}_paired.png")
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),

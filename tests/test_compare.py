@@ -164,6 +164,16 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
         gain = statistics.fmean(r["R"][0][0] - r["base_scores"][0] for r in full)
         assert table[label]["plasticity"]["T2_math"][0] == pytest.approx(gain)
     assert "Cut short: every figure is that of the runs' first 1 stages (T2_math)" in (results / "t.md").read_text()
+    assert "interval over the test samples and" in (results / "t.md").read_text()
+    configs = {run: (run / "config.json").read_text() for run in evaluated}  # runs scored on the validation split:
+    for run, text in configs.items():  # the tables say whose samples their intervals are over
+        (run / "config.json").write_text(json.dumps(dict(json.loads(text), eval_split="val")))
+    compare_methods.main([*argv, "--stages", "1"])
+    text = (results / "t.md").read_text()
+    assert "test samples" not in text and text.count("over the validation samples") == 2
+    assert "on the same validation samples" in text
+    for run, text in configs.items():
+        (run / "config.json").write_text(text)
     unfinished = tmp_path / "unfinished"  # a run stopped before its first stage was scored
     shutil.copytree(logs / "cmp_t_seq_lora_s1", unfinished)
     base_rows = [line for line in (unfinished / "eval.jsonl").read_text().splitlines() if '"stage": -1' in line]
