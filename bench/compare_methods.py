@@ -82,6 +82,7 @@ from utils_data import json_ready, read_rows  # noqa: E402
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 SPLIT_NAMES = {"val": "validation"}  # how the tables name an --eval_split the intervals are over (else as given)
+TEST_SAMPLES = "test samples"  # what the intervals are over where a caller does not say (the runs' eval_split: main)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
 SCORE_PAIRED = ("AP", "BWT", "LA", "forgetting")  # cl_metrics.paired_difference
 PAIRED = (*SCORE_PAIRED, "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
@@ -246,7 +247,7 @@ def recovery_cells(recovery: dict | None) -> list[str]:
 
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
              seeds: list[str], reference: str = REFERENCE, stages: int | None = None,
-             samples: str = "test samples") -> str:
+             samples: str = TEST_SAMPLES) -> str:
     head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "illusory beyond control",
             "format drift only", *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
@@ -276,7 +277,7 @@ def markdown(name: str, command: str, table: dict[str, dict], differences: dict[
     return "\n".join(lines) + "\n"
 
 
-def difference_lines(differences: dict[str, dict], reference: str, samples: str = "test samples") -> list[str]:
+def difference_lines(differences: dict[str, dict], reference: str, samples: str = TEST_SAMPLES) -> list[str]:
     """The table of paired differences from the reference and, over several seeds, their per-seed values and t
     intervals."""
     several = any(len(entry["per_seed"]) > 1 for row in differences.values() for entry in row.values() if entry)
@@ -309,7 +310,7 @@ def seed_cell(entry: dict | None, digits: int) -> str:
         f"{values} [{entry['seed_ci'][0]:+.{digits}f}, {entry['seed_ci'][1]:+.{digits}f}]"
 
 
-def plasticity_lines(table: dict[str, dict], tasks: list[str], samples: str = "test samples") -> list[str]:
+def plasticity_lines(table: dict[str, dict], tasks: list[str], samples: str = TEST_SAMPLES) -> list[str]:
     """The table of each task's gain in its own stage, R[i][i] − base[i], per method (none for multi-task)."""
     rows = [(method, row["plasticity"]) for method, row in table.items() if row["plasticity"]]
     if not rows:

@@ -169,9 +169,9 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     for run, text in configs.items():  # the tables say whose samples their intervals are over
         (run / "config.json").write_text(json.dumps(dict(json.loads(text), eval_split="val")))
     compare_methods.main([*argv, "--stages", "1"])
-    text = (results / "t.md").read_text()
-    assert "test samples" not in text and text.count("over the validation samples") == 2
-    assert "on the same validation samples" in text
+    validation = (results / "t.md").read_text()
+    assert "test samples" not in validation and validation.count("over the validation samples") == 2
+    assert "on the same validation samples" in validation
     for run, text in configs.items():
         (run / "config.json").write_text(text)
     unfinished = tmp_path / "unfinished"  # a run stopped before its first stage was scored
