@@ -510,7 +510,8 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
             raise
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; budget overrides (--field value) are left over and parsed by ``parse_overrides``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the demo preset on T1_general -> T2_math, 1 seed")
     parser.add_argument("--methods", default=None, help="comma-separated --method names (default: all of them, "
@@ -535,6 +536,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "lacks it (commit it: logs/ is not kept); empty: none")
     parser.add_argument("--no_recovery", action="store_true", help="no recovery probe after each run (the table's "
                                                                    "illusory / real forgetting stay empty)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     preset = args.preset or ("demo" if args.quick else "study")
     budget = dict(QUICK if args.quick else {}, **parse_overrides(rest))
