@@ -34,8 +34,12 @@ data: $(DATA)
 run: setup $(DATA)
 	$(PY) train_slsd_seq.py --preset demo --run_name make_run
 
+# One pytest worker per core (pytest-xdist; a file's tests stay on one worker, so its module fixtures are built once),
+# each worker on one thread: two workers of two threads on 2 cores spin against each other (19 min against 9.5 min
+# measured on an AVX2-only 2-core machine, bench/RESULTS.md). Much of the suite is the import of transformers in the
+# scripts it runs as subprocesses, single-threaded: one process alone leaves the second core idle.
 test: setup
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile tests
 
 # The CPU benchmarks; the GPU ones skip cleanly without CUDA. The studies are separate targets (hours to days on a
 # CPU; both resume where they stopped): `make study` (every method x 3 seeds at the study preset) and `make dose`
