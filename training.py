@@ -14,6 +14,7 @@ process and on several.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -132,6 +133,155 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+@dataclass
+class StageLoop:
+    """One stage's training state, prepared once (through the accelerator when there is one): what every optimizer
+    step reads. ``accumulate`` runs a step's micro-batches, ``update`` its optimizer step."""
+    model: torch.nn.Module
+    config: object
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast without an accelerator (with one, the accelerator's mixed precision)
+    desc: str  # names the stage in progress bars and errors
+    accelerator: object  # None: one plain device
+    compute_loss: torch.nn.Module  # LossModule: the per-micro-batch loss
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    batches: Iterator[dict]
+    aux_loss: Callable[[int], torch.Tensor | None] | None  # the method's per-step term (SLSD's KD), or None
+    groups: dict[str, list[torch.Tensor]]  # the parameters of each optimizer group name, clipped together
+    stats: StageStats
+    in_row: int = 0  # non-finite micro-batches in a row
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes if self.accelerator is not None else 1
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.accelerator is not None and self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        """loss.backward(), through the accelerator when there is one. DeepSpeed clips and steps its optimizer
+        inside its backward, so it is told which micro-batch ends the optimizer step."""
+        if self.accelerator is None:
+            loss.backward()
+        elif self.deepspeed:
+            self.accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=last_micro)
+        else:
+            self.accelerator.backward(loss)
+
+    def grad_sync(self, last_micro: bool):
+        """DDP all-reduces in the backward of the step's last micro-batch only (a fresh context per use: accelerate's
+        ``no_sync`` cannot be entered twice)."""
+        if self.accelerator is not None and not last_micro:
+            return self.accelerator.no_sync(self.compute_loss)
+        return nullcontext()
+
+    def accumulate(self, step: int) -> tuple[list[float], int, torch.Tensor | None, int]:
+        """Forward and backward of one optimizer step's micro-batches. Returns the applied micro-batches' losses, the
+        checksum of the samples this process saw, the method's extra term (None without one) and how many
+        micro-batches were applied."""
+        losses, checksum, extra, applied = [], 0, None, 0
+        for micro in range(self.config.grad_accum_steps):
+            batch = {k: v.to(self.device) for k, v in next(self.batches).items()}
+            checksum += int(batch["input_ids"][batch["attention_mask"].bool()].sum())  # the samples this process saw
+            last_micro = micro == self.config.grad_accum_steps - 1
+            amp = autocast(self.device, self.amp_dtype) if self.accelerator is None else nullcontext()
+            with self.grad_sync(last_micro), amp:
+                loss = self.compute_loss(batch)
+            if last_micro and self.aux_loss is not None:
+                # A method's own term (SLSD's KD) joins the last micro-batch's backward: one backward per
+                # micro-batch (DeepSpeed steps inside it), and DDP averages the term like the rest.
+                extra = self.aux_loss(step)
+            aux_term = extra if extra is not None else 0.0
+            if not all_finite([loss] if extra is None else [loss, extra], self.accelerator):
+                self.skip(step, last_micro, applied)
+                continue
+            self.in_row, applied = 0, applied + 1
+            if self.world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
+                local = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
+                loss = loss * local * self.world / self.accelerator.reduce(local.clone(), "sum")
+            scaled = loss / self.config.grad_accum_steps
+            with self.grad_sync(last_micro):
+                self.backward(scaled + aux_term, last_micro)
+            losses.append(loss.item())
+            self.stats.tokens += int(batch["attention_mask"].sum())
+        return losses, checksum, extra, applied
+
+    def skip(self, step: int, last_micro: bool, applied: int) -> None:
+        """A non-finite micro-batch: counted and not applied; ``max_nonfinite_in_row`` in a row stop the stage."""
+        self.stats.skipped_nonfinite += 1
+        self.in_row += 1
+        check_finite_parameters(self.model, f"at step {step} of {self.desc}", self.accelerator)  # NaN weights, not data
+        if self.in_row >= self.config.max_nonfinite_in_row:
+            raise NonFiniteLossError(f"{self.in_row} non-finite losses in a row at step {step} of {self.desc}; lower "
+                                     f"the learning rates, use --precision fp32, or check the data")
+        if last_micro and (self.world > 1 or self.deepspeed):
+            # The step's closing backward is a collective (DDP's all-reduce of the earlier micro-batches'
+            # gradients, DeepSpeed's step): every process runs it on a zero loss, which adds nothing.
+            # DeepSpeed steps only if some micro-batch was applied; otherwise nothing is stepped (update).
+            params = [p for group in self.groups.values() for p in group]
+            self.backward(sum(p.sum() for p in params) * 0.0, applied > 0)
+
+    def update(self, applied: int) -> tuple[torch.Tensor | float | None, dict[str, torch.Tensor]]:
+        """Clip each group, step the optimizer (not when every micro-batch was skipped: AdamW would move the
+        parameters on its momentum and weight decay) and the schedule (always). Returns the norms before clipping."""
+        grad_norm, group_norms = None, {}
+        if applied:
+            grad_norm, group_norms = clip_gradients(self.groups, self.config.max_grad_norm or float("inf"),
+                                                    self.accelerator)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, group_norms
+
+    def mean_loss(self, losses: list[float]) -> float:
+        """The step's mean applied loss (NaN when none was), averaged over processes."""
+        mean = sum(losses) / len(losses) if losses else float("nan")
+        if self.world > 1:
+            mean = float(self.accelerator.reduce(torch.tensor(mean, device=self.device), "mean"))
+        return mean
+
+    def checksums(self, checksum: int) -> list[int]:
+        """Every process's checksum of its samples; a collective: every process calls it, on logged steps only."""
+        if self.world > 1:
+            return self.accelerator.gather(torch.tensor([checksum], device=self.device)).tolist()
+        return [checksum]
+
+    def snapshot(self, step: int) -> dict:
+        """The state a mid-stage checkpoint needs: optimizer, schedule, statistics and RNG after ``step``."""
+        return dict(step=step, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                    stats=dataclasses.asdict(self.stats), rng=rng_state())
+
+
+def start_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, device: torch.device,
+                amp_dtype: torch.dtype | None, desc: str, aux_loss, resume: dict | None, optimizer_factory, loss_fn,
+                accelerator) -> tuple[StageLoop, int]:
+    """Build the stage's optimizer, schedule, loss module and batch stream (prepared by the accelerator when there
+    is one), restored from ``resume`` when given; returns them and the first step to run."""
+    optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    groups: dict[str, list[torch.Tensor]] = {}  # clipped one by one; groups of one name together
+    for group in optimizer.param_groups:
+        groups.setdefault(group["name"], []).extend(group["params"])
+    stats, first_step = StageStats(), 1
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        stats = StageStats(**resume["stats"])
+        first_step = resume["step"] + 1
+    compute_loss = LossModule(model, loss_fn or supervised_loss)
+    if accelerator is not None:
+        compute_loss, optimizer, loader = accelerator.prepare(compute_loss, optimizer, loader)
+    batches = batches_forever(loader)
+    if resume:
+        for _ in range(resume["step"] * config.grad_accum_steps):  # the same seeded order, consumed batches skipped
+            next(batches)
+        set_rng_state(resume["rng"])
+    return StageLoop(model, config, device, amp_dtype, desc, accelerator, compute_loss, optimizer, scheduler, batches,
+                     aux_loss, groups, stats), first_step
+
+
 def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: int, log_path: Path,
                 device: torch.device, amp_dtype: torch.dtype | None, desc: str = "train", step_offset: int = 0,
                 aux_loss: Callable[[int], torch.Tensor | None] | None = None, resume: dict | None = None,
@@ -156,44 +306,9 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     (DDP / FSDP / DeepSpeed, mixed precision with loss scaling), batches are split across processes and only the
     main process logs. Without one, this is a plain single-device loop with ``amp_dtype`` autocast.
     """
-    optimizer = optimizer_factory() if optimizer_factory is not None else make_optimizer(dslora, config)
-    scheduler = make_scheduler(optimizer, config, total_steps)
-    groups: dict[str, list[torch.Tensor]] = {}  # clipped one by one; groups of one name together
-    for group in optimizer.param_groups:
-        groups.setdefault(group["name"], []).extend(group["params"])
-    params = [p for group in groups.values() for p in group]
-    stats, in_row, first_step = StageStats(), 0, 1
-    if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        stats = StageStats(**resume["stats"])
-        first_step = resume["step"] + 1
-    compute_loss = LossModule(model, loss_fn or supervised_loss)
-
-    def backward(loss: torch.Tensor, last_micro: bool) -> None:
-        """loss.backward(), through the accelerator when there is one. DeepSpeed clips and steps its optimizer
-        inside its backward, so it is told which micro-batch ends the optimizer step."""
-        if accelerator is None:
-            loss.backward()
-        elif accelerator.distributed_type == DistributedType.DEEPSPEED:
-            accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=last_micro)
-        else:
-            accelerator.backward(loss)
-
-    def grad_sync(last_micro: bool):
-        """DDP all-reduces in the backward of the step's last micro-batch only (a fresh context per use: accelerate's
-        ``no_sync`` cannot be entered twice)."""
-        return accelerator.no_sync(compute_loss) if accelerator is not None and not last_micro else nullcontext()
-
-    world = accelerator.num_processes if accelerator is not None else 1
-    deepspeed = accelerator is not None and accelerator.distributed_type == DistributedType.DEEPSPEED
-    if accelerator is not None:
-        compute_loss, optimizer, loader = accelerator.prepare(compute_loss, optimizer, loader)
-    batches = batches_forever(loader)
-    if resume:
-        for _ in range(resume["step"] * config.grad_accum_steps):  # the same seeded order, consumed batches skipped
-            next(batches)
-        set_rng_state(resume["rng"])
+    loop, first_step = start_stage(model, dslora, loader, config, total_steps, device, amp_dtype, desc, aux_loss,
+                                   resume, optimizer_factory, loss_fn, accelerator)
+    stats = loop.stats
     started = time.perf_counter() - stats.wall_s
     model.train()
     main = is_main(accelerator)
@@ -202,73 +317,27 @@ def train_stage(model, dslora: DSLoRA, loader: DataLoader, config, total_steps: 
     with (log_path.open("a") if main else nullcontext()) as log, \
             tqdm(total=total_steps, initial=first_step - 1, desc=desc, dynamic_ncols=True, disable=not main) as bar:
         for step in range(first_step, total_steps + 1):
-            step_losses, checksum, extra, applied = [], 0, None, 0
-            for micro in range(config.grad_accum_steps):
-                batch = {k: v.to(device) for k, v in next(batches).items()}
-                checksum += int(batch["input_ids"][batch["attention_mask"].bool()].sum())  # which samples this process saw
-                last_micro = micro == config.grad_accum_steps - 1
-                with grad_sync(last_micro), (autocast(device, amp_dtype) if accelerator is None else nullcontext()):
-                    loss = compute_loss(batch)
-                if last_micro and aux_loss is not None:
-                    # A method's own term (SLSD's KD) joins the last micro-batch's backward: one backward per
-                    # micro-batch (DeepSpeed steps inside it), and DDP averages the term like the rest.
-                    extra = aux_loss(step)
-                aux_term = extra if extra is not None else 0.0
-                if not all_finite([loss] if extra is None else [loss, extra], accelerator):
-                    stats.skipped_nonfinite += 1
-                    in_row += 1
-                    check_finite_parameters(model, f"at step {step} of {desc}", accelerator)  # NaN weights, not data
-                    if in_row >= config.max_nonfinite_in_row:
-                        raise NonFiniteLossError(
-                            f"{in_row} non-finite losses in a row at step {step} of {desc}; lower the learning rates, "
-                            f"use --precision fp32, or check the data")
-                    if last_micro and (world > 1 or deepspeed):
-                        # The step's closing backward is a collective (DDP's all-reduce of the earlier micro-batches'
-                        # gradients, DeepSpeed's step): every process runs it on a zero loss, which adds nothing.
-                        # DeepSpeed steps only if some micro-batch was applied; otherwise nothing is stepped below.
-                        backward(sum(p.sum() for p in params) * 0.0, applied > 0)
-                    continue
-                in_row, applied = 0, applied + 1
-                if world > 1:  # DDP averages gradients: weight each process by its share of the batch's tokens
-                    local = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
-                    loss = loss * local * world / accelerator.reduce(local.clone(), "sum")
-                scaled = loss / config.grad_accum_steps
-                with grad_sync(last_micro):
-                    backward(scaled + aux_term, last_micro)
-                step_losses.append(loss.item())
-                stats.tokens += int(batch["attention_mask"].sum())
-            rates = {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}  # the rates this step used
-            grad_norm, group_norms = None, {}
-            if applied:  # a step whose micro-batches were all skipped updates nothing (the schedule still advances)
-                grad_norm, group_norms = clip_gradients(groups, config.max_grad_norm or float("inf"), accelerator)
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats.optimizer_steps = step
-            stats.last_loss = sum(step_losses) / len(step_losses) if step_losses else float("nan")
-            if world > 1:
-                stats.last_loss = float(accelerator.reduce(torch.tensor(stats.last_loss, device=device), "mean"))
+            losses, checksum, extra, applied = loop.accumulate(step)
+            rates = {f"lr_{g['name']}": g["lr"] for g in loop.optimizer.param_groups}  # the rates this step used
+            grad_norm, group_norms = loop.update(applied)
+            stats.optimizer_steps, stats.last_loss = step, loop.mean_loss(losses)
             stats.wall_s = time.perf_counter() - started
-            logged = step % config.log_every == 0 or step == total_steps
-            if logged and world > 1:  # a collective: every process takes part, on logged steps only
-                checksums = accelerator.gather(torch.tensor([checksum], device=device)).tolist()
-            elif logged:
-                checksums = [checksum]
-            if main and logged:
-                row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
-                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # before clipping
-                           **{f"grad_norm_{name}": float(norm) for name, norm in group_norms.items()},
-                           tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
-                           input_checksums=checksums)
-                if extra is not None:
-                    row["aux_loss"] = float(extra.detach())
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                if accelerator is not None and accelerator.trackers:
-                    accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+            if step % config.log_every == 0 or step == total_steps:
+                checksums = loop.checksums(checksum)
+                if main:
+                    row = dict(step=step_offset + step, stage_step=step, loss=stats.last_loss, **rates,
+                               grad_norm=float("nan") if grad_norm is None else float(grad_norm),  # before clipping
+                               **{f"grad_norm_{name}": float(norm) for name, norm in group_norms.items()},
+                               tokens=stats.tokens, skipped_nonfinite=stats.skipped_nonfinite,
+                               input_checksums=checksums)
+                    if extra is not None:
+                        row["aux_loss"] = float(extra.detach())
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    if accelerator is not None and accelerator.trackers:
+                        accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
             if on_step is not None:
-                on_step(step, lambda: dict(step=step, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),  # noqa: B023
-                                           stats=dataclasses.asdict(stats), rng=rng_state()))
+                on_step(step, functools.partial(loop.snapshot, step))
             bar.set_postfix(loss=f"{stats.last_loss:.4f}", **{k: f"{v:.1e}" for k, v in rates.items()},
                             tok_s=f"{stats.tokens / max(stats.wall_s, 1e-9):.0f}")
             bar.update(1)
