@@ -74,16 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     task_name = args.task if not args.task.endswith(".jsonl") else (
         task_path.parent.name if task_path.stem in ("train", "val", "test") else task_path.stem)
     accelerator = make_accelerator(config, pick_device(config), config.log_dir)
-    device, main = accelerator.device, accelerator.is_main_process
-    run = config.run_name or broadcast_object_list([f"single_{task_name}_{time.strftime('%Y%m%d-%H%M%S')}"])[0]
-    log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
-    if main:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, log_dir / "config.json")
-        (log_dir / "train_loss.jsonl").unlink(missing_ok=True)
-        if config.report_to != "none":
-            accelerator.init_trackers(run, config=tracker_config(config))
-    accelerator.wait_for_everyone()
+    device = accelerator.device
+    run, log_dir, ckpt_dir = open_run(config, task_name, accelerator)
     amp_dtype = autocast_dtype(config, device)
     tokenizer = load_tokenizer(config)
     model = load_model(config, device)
@@ -115,19 +107,39 @@ def main(argv: list[str] | None = None) -> dict:
                   tokens=stats.tokens, train_wall_s=round(stats.wall_s, 2), final_train_loss=stats.last_loss,
                   train_samples=len(train), val_samples=len(val), processes=accelerator.num_processes)
     accelerator.end_training()
-    if not main:
+    if not accelerator.is_main_process:
         return result
-    dslora.save(ckpt_dir / "adapters.safetensors")
-    if method.state_dict():
-        torch.save(method.state_dict(), ckpt_dir / "method_state.pt")
-    if config.export_peft:
-        with method.inference(method.eval_key(args.task)):  # the evaluated model's LoRA (I-LoRA: the slow one)
-            dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
+    save_run(method, config, args.task, ckpt_dir)
     (log_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"[done] {task_name}: eval loss {loss_before:.4f} -> {loss_after:.4f} after {stats.optimizer_steps} steps "
           f"({stats.wall_s:.1f} s, {stats.skipped_nonfinite} non-finite skipped); "
           f"logs in {log_dir}, adapters in {ckpt_dir}")
     return result
+
+
+def open_run(config, task_name: str, accelerator) -> tuple[str, Path, Path]:
+    """The run's name (one for every process) and its log and checkpoint folders; the main process writes
+    config.json, clears an old train_loss.jsonl and starts the trackers."""
+    run = config.run_name or broadcast_object_list([f"single_{task_name}_{time.strftime('%Y%m%d-%H%M%S')}"])[0]
+    log_dir, ckpt_dir = Path(config.log_dir) / run, Path(config.checkpoint_dir) / run
+    if accelerator.is_main_process:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, log_dir / "config.json")
+        (log_dir / "train_loss.jsonl").unlink(missing_ok=True)
+        if config.report_to != "none":
+            accelerator.init_trackers(run, config=tracker_config(config))
+    accelerator.wait_for_everyone()
+    return run, log_dir, ckpt_dir
+
+
+def save_run(method, config, task: str, ckpt_dir: Path) -> None:
+    """adapters.safetensors, method_state.pt (a method that carries more than adapters) and the PEFT export."""
+    method.dslora.save(ckpt_dir / "adapters.safetensors")
+    if method.state_dict():
+        torch.save(method.state_dict(), ckpt_dir / "method_state.pt")
+    if config.export_peft:
+        with method.inference(method.eval_key(task)):  # the evaluated model's LoRA (I-LoRA: the slow one)
+            method.dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
 
 
 def refuse_sequence_fields(parser, argv: list[str] | None) -> None:

@@ -60,7 +60,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--hidden", type=int, default=2048)
@@ -72,11 +72,99 @@ def main() -> None:
     parser.add_argument("--probe_candidates", type=int, default=32)
     parser.add_argument("--peak_tflops", type=float, default=989.0)
     parser.add_argument("--allow_cpu", action="store_true", help="run a tiny shape on CPU (tests the script only)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclasses.dataclass
+class DSLoRAStage:
+    """What the timed DS-LoRA + SLSD stage measured, and the shapes the PEFT side and the FLOP counts need."""
+    seconds: float  # teacher pass + training steps
+    teacher_seconds: float  # SLSD's teacher pass and entropy filter alone
+    params: int  # the model's parameters
+    trainable: int  # DS-LoRA's trainable parameters
+    modules: list[str]  # the adapted linear layers (the PEFT LoRA gets the same)
+    frozen: int  # blocks below the first adapted one: forward only, no gradient reaches them
+    backward_params: int  # parameters of the blocks, norm and head the backward passes through
+
+
+def time_ds_lora(args, config, data, loader, device: torch.device, amp, tmp: Path) -> DSLoRAStage:
+    """The toolkit's real stage: SLSD's teacher pass once, then train_stage with its KD step every ``kd_every``."""
+    model = random_llama(args, device)
+    params = sum(p.numel() for p in model.parameters())
+    dslora = DSLoRA.from_config(model, config)
+    slsd = SLSD(model, dslora, config, device, amp)
+    train_stage(model, dslora, loader, dataclasses.replace(config, max_steps=2), 2, tmp / "warm.jsonl",
+                device, amp)  # warm-up (kernels, allocator)
+    sync(device)
+    start = time.perf_counter()
+    slsd.before_stage(1, data)
+    sync(device)
+    teacher_seconds = time.perf_counter() - start
+    train_stage(model, dslora, loader, config, args.steps, tmp / "ds.jsonl", device, amp, aux_loss=slsd.aux_loss)
+    sync(device)
+    seconds = time.perf_counter() - start
+    _, blocks = find_decoder_layers(model)
+    frozen = dslora.num_frozen
+    backward_params = params - sum(p.numel() for p in model.get_input_embeddings().parameters()) - sum(
+        p.numel() for block in blocks[:frozen] for p in block.parameters())
+    return DSLoRAStage(seconds, teacher_seconds, params, dslora.num_trainable(), list(dslora.modules), frozen,
+                       backward_params)
+
+
+def time_peft(args, config, loader, modules: list[str], device: torch.device, amp) -> float:
+    """Seconds for ``args.steps`` optimizer steps of one PEFT LoRA (r 16) on ``modules``, after 2 warm-up steps."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(random_llama(args, device), LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=modules, task_type="CAUSAL_LM"))
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr_fast)
+    peft_model.train()
+
+    def steps(count: int) -> None:
+        for batch, _ in zip(loader, range(count)):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, amp):
+                loss = peft_model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    steps(2)
+    sync(device)
+    start = time.perf_counter()
+    steps(args.steps)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def report(args, stage: DSLoRAStage, peft_seconds: float, device: torch.device) -> dict:
+    """Tokens/s, MFU and executed-FLOP utilisation of both sides, and their ratios (the docstring's definitions)."""
+    seconds = dict(ds_lora_slsd=stage.seconds, peft=peft_seconds,
+                   ds_lora_slsd_steady=stage.seconds - stage.teacher_seconds)
+    tokens = args.batch * args.seq_len * args.steps
+    attention = 4 * args.hidden * args.seq_len  # QK^T and AV forward FLOPs per token per layer
+    model_flops = 6 * stage.params + 3 * attention * args.layers
+    executed_flops = (2 * stage.params + attention * args.layers + 2 * stage.backward_params
+                      + 2 * attention * (args.layers - stage.frozen))
+    rates = {name: tokens / s for name, s in seconds.items()}
+    peak = args.peak_tflops * 1e12
+    return dict(bench="gpu_throughput", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                params=stage.params, trainable_params=stage.trainable, batch=args.batch, seq_len=args.seq_len,
+                steps=args.steps, kd_every=args.kd_every, tokens_per_s={k: round(v, 1) for k, v in rates.items()},
+                teacher_pass_s=round(stage.teacher_seconds, 2),
+                mfu={k: round(v * model_flops / peak, 4) for k, v in rates.items()},
+                executed_flops_utilisation={k: round(v * executed_flops / peak, 4) for k, v in rates.items()},
+                ratio=round(rates["ds_lora_slsd"] / rates["peft"], 4),
+                ratio_steady=round(rates["ds_lora_slsd_steady"] / rates["peft"], 4))
+
+
+def main() -> None:
+    args = parse_args()
     if not torch.cuda.is_available() and not args.allow_cpu:
         print(json.dumps(dict(bench="gpu_throughput", skipped="no CUDA device")))
         return
-    from peft import LoraConfig, get_peft_model
     from torch.utils.data import DataLoader
 
     from utils_data import collate
@@ -90,65 +178,10 @@ def main() -> None:
                                  max_seq_len=args.seq_len, lora_dropout=0.05, save_every=0, log_every=10**9)
     data = RandomTokens(args.batch * (args.steps + 2), args.seq_len, 32000)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False, collate_fn=lambda f: collate(f, 0))
-    tokens = args.batch * args.seq_len * args.steps
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = random_llama(args, device)
-        params = sum(p.numel() for p in model.parameters())
-        dslora = DSLoRA.from_config(model, config)
-        slsd = SLSD(model, dslora, config, device, amp)
-        train_stage(model, dslora, loader, dataclasses.replace(config, max_steps=2), 2, Path(tmp) / "warm.jsonl",
-                    device, amp)  # warm-up (kernels, allocator)
-        sync(device)
-        start = time.perf_counter()
-        slsd.before_stage(1, data)  # teacher pass and entropy filter, once per stage
-        sync(device)
-        teacher_seconds = time.perf_counter() - start
-        train_stage(model, dslora, loader, config, args.steps, Path(tmp) / "ds.jsonl", device, amp, aux_loss=slsd.aux_loss)
-        sync(device)
-        results["ds_lora_slsd"] = time.perf_counter() - start
-        modules, trainable = list(dslora.modules), dslora.num_trainable()
-        _, blocks = find_decoder_layers(model)
-        frozen = dslora.num_frozen  # blocks below the first adapted one: forward only, no gradient reaches them
-        backward_params = params - sum(p.numel() for p in model.get_input_embeddings().parameters()) - sum(
-            p.numel() for block in blocks[:frozen] for p in block.parameters())
-        del model, dslora, slsd
-        peft_model = get_peft_model(random_llama(args, device), LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.05, target_modules=modules, task_type="CAUSAL_LM"))
-        optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=config.lr_fast)
-        peft_model.train()
-
-        def peft_steps(count: int) -> None:
-            for batch, _ in zip(loader, range(count)):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(device, amp):
-                    loss = peft_model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in peft_model.parameters() if p.requires_grad], 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-        peft_steps(2)
-        sync(device)
-        start = time.perf_counter()
-        peft_steps(args.steps)
-        sync(device)
-        results["peft"] = time.perf_counter() - start
-    results["ds_lora_slsd_steady"] = results["ds_lora_slsd"] - teacher_seconds
-    attention = 4 * args.hidden * args.seq_len  # QK^T and AV forward FLOPs per token per layer
-    model_flops = 6 * params + 3 * attention * args.layers
-    executed_flops = 2 * params + attention * args.layers + 2 * backward_params + 2 * attention * (args.layers - frozen)
-    rates = {name: tokens / seconds for name, seconds in results.items()}
-    mfu = {name: rate * model_flops / (args.peak_tflops * 1e12) for name, rate in rates.items()}
-    executed = {name: rate * executed_flops / (args.peak_tflops * 1e12) for name, rate in rates.items()}
-    print(json.dumps(dict(bench="gpu_throughput", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                          params=params, trainable_params=trainable, batch=args.batch, seq_len=args.seq_len,
-                          steps=args.steps, kd_every=args.kd_every,
-                          tokens_per_s={k: round(v, 1) for k, v in rates.items()},
-                          teacher_pass_s=round(teacher_seconds, 2), mfu={k: round(v, 4) for k, v in mfu.items()},
-                          executed_flops_utilisation={k: round(v, 4) for k, v in executed.items()},
-                          ratio=round(rates["ds_lora_slsd"] / rates["peft"], 4),
-                          ratio_steady=round(rates["ds_lora_slsd_steady"] / rates["peft"], 4))))
+        stage = time_ds_lora(args, config, data, loader, device, amp, Path(tmp))
+    peft_seconds = time_peft(args, config, loader, stage.modules, device, amp)
+    print(json.dumps(report(args, stage, peft_seconds, device)))
 
 
 if __name__ == "__main__":
