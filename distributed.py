@@ -65,11 +65,6 @@ def is_main(accelerator: Accelerator | None) -> bool:
     return accelerator is None or accelerator.is_main_process
 
 
-def barrier(accelerator: Accelerator | None) -> None:
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-
-
 class LossModule(torch.nn.Module):
     """``forward(batch) = loss_fn(model, batch)``: the one module DDP / FSDP / DeepSpeed wrap, so that whatever the
     loss does inside (response-only logits, a teacher pass, hidden states) runs in the wrapped forward."""

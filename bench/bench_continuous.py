@@ -23,7 +23,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base_config import add_config_arguments, parse_config  # noqa: E402
 from evaluation import generate, generation_budget, prompt_messages, select_samples, stop_token_ids  # noqa: E402
-from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
+from models.loading import device_tokenizer_model  # noqa: E402
 from training import autocast  # noqa: E402
 from utils_data import read_task, render  # noqa: E402
 
@@ -81,9 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     add_config_arguments(parser)
     args, config = parse_config(parser)
-    device, tokenizer = pick_device(config), load_tokenizer(config)
-    amp_dtype = autocast_dtype(config, device)
-    model = load_model(config, device)
+    device, tokenizer, amp_dtype, model = device_tokenizer_model(config)
     prompts, budgets = [], []
     for task in args.tasks.split(","):
         records = select_samples(read_task(task, "test", config.data_dir)[0], args.samples, 0)

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base_config import add_config_arguments, parse_config  # noqa: E402
 from evaluation import generate, prompt_messages  # noqa: E402
-from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
+from models.loading import device_tokenizer_model  # noqa: E402
 from utils_data import read_jsonl, render, task_file  # noqa: E402
 
 
@@ -31,9 +31,7 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=64)
     add_config_arguments(parser)
     args, config = parse_config(parser)
-    device, tokenizer = pick_device(config), load_tokenizer(config)
-    amp_dtype = autocast_dtype(config, device)
-    model = load_model(config, device)
+    device, tokenizer, amp_dtype, model = device_tokenizer_model(config)
     records, _ = read_jsonl(task_file(args.task, "test", config.data_dir), limit=args.prompts)
     prompts = [render(tokenizer, prompt_messages(r), add_generation_prompt=True) for r in records]
     generate(model, tokenizer, prompts[:2], 4, 2, device, amp_dtype)  # warm-up

@@ -23,7 +23,7 @@ from transformers import set_seed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs.base_config import add_config_arguments, parse_config  # noqa: E402
 from models.ds_lora import DSLoRA  # noqa: E402
-from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
+from models.loading import device_tokenizer_model  # noqa: E402
 from slsd import SLSD  # noqa: E402
 from training import num_optimizer_steps, train_stage  # noqa: E402
 from utils_data import SFTDataset, make_loader, task_file  # noqa: E402
@@ -36,9 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="(without, with) pairs, order alternating; medians")
     add_config_arguments(parser)
     args, config = parse_config(parser)
-    device, tokenizer = pick_device(config), load_tokenizer(config)
-    amp_dtype = autocast_dtype(config, device)
-    model = load_model(config, device)
+    device, tokenizer, amp_dtype, model = device_tokenizer_model(config)
     dslora = DSLoRA.from_config(model, config)
     start_state = {k: v.clone() for k, v in dslora.adapter_state().items()}
     train = SFTDataset.from_file(task_file(args.task, "train", config.data_dir), tokenizer, config.max_seq_len,

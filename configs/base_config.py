@@ -68,7 +68,7 @@ class Config:
     data_dir: str = "data"  # task name T -> data_dir/T/{train,val,test}.jsonl
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # the task sequence, in training order
     max_train_samples: int = 0  # cap on training samples per task (0 = all)
-    max_eval_samples: int = 6  # size of the evaluated test subset per task (0 = the whole split; CPU-sized default)
+    max_eval_samples: int = 6  # evaluated samples per task (0 = all; CPU-sized default): the sequence's eval_split subset (stratified, eval_subset_seed); a single-task run's validation set for its eval loss (its first N)
     eval_subset_seed: int = 0  # seed of that subset (stratified by group, T5 harmful/benign): the same samples for every method, seed and stage
     eval_batch_size: int = 8  # sequences per evaluation batch (eval loss and generation; also SLSD's teacher pass over the probe candidates, slsd.py)
     max_new_tokens: int = 0  # 0 = each task's budget from its evaluated references (longest + 25 %, >= +16 tokens); > 0 = a deliberate override for every task (warned and recorded where shorter than a reference)

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import torch
 
-from methods.components import TermLog
+from methods.components import Plugin, TermLog
 from models.ds_lora import DSLoRA
 from training import make_optimizer, supervised_loss
 from utils_data import make_loader
@@ -37,6 +37,7 @@ class Method:
 
     def __init__(self, model, tokenizer, config, device: torch.device, amp_dtype: torch.dtype | None):
         self.model, self.tokenizer, self.config, self.device, self.amp_dtype = model, tokenizer, config, device, amp_dtype
+        self.plugins: list[Plugin] = []  # held pieces (``hold``), whose hooks this class's hooks call
         self.dslora = self.install()
         self.stage = 0
         self.terms = TermLog()  # the loss terms of the running stage, for after_stage's figures
@@ -45,6 +46,11 @@ class Method:
     def install(self) -> DSLoRA:
         """Put the method's adapters into the model."""
         raise NotImplementedError
+
+    def hold(self, plugin: Plugin) -> Plugin:
+        """Hold ``plugin`` (a replay buffer, per-task LoRAs): the stage hooks below call its hooks."""
+        self.plugins.append(plugin)
+        return plugin
 
     @staticmethod
     def stages(tasks: list[str]) -> list[list[str]]:
@@ -56,9 +62,15 @@ class Method:
         """Called before stage ``stage`` trains on ``dataset`` (the training split of ``tasks``); returns figures
         for stages.jsonl."""
         self.stage = stage
+        for plugin in self.plugins:
+            plugin.before_stage(stage, tasks)
         return {}
 
     def train_loader(self, stage: int, dataset):
+        """The first held piece's loader (replay's mixed batches), else shuffled batches of ``dataset``."""
+        for plugin in self.plugins:
+            if (loader := plugin.train_loader(stage, dataset)) is not None:
+                return loader
         config = self.config
         return make_loader(dataset, config.batch_size, self.tokenizer.pad_token_id, shuffle=True, seed=config.seed + stage,
                            group_by_length=config.group_by_length)
@@ -80,6 +92,8 @@ class Method:
     def after_stage(self, stage: int, tasks: list[str], dataset) -> dict:
         """Called once a stage has finished training (not when a finished stage is loaded on resume); returns figures
         for stages.jsonl: the mean task loss and each auxiliary term's ratio to it (``TermLog``)."""
+        for plugin in self.plugins:
+            plugin.after_stage(stage, tasks, dataset)
         return self.terms.figures()
 
     # ---- evaluation ------------------------------------------------------------------------------------------
@@ -154,11 +168,12 @@ class Method:
 
     # ---- state across stages ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What the method carries beyond the adapters (saved with every checkpoint)."""
-        return {}
+        """What the method and its held pieces carry beyond the adapters (saved with every checkpoint)."""
+        return {key: value for plugin in self.plugins for key, value in plugin.state_dict().items()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        for plugin in self.plugins:
+            plugin.load_state_dict(state)
 
     def load(self, folder: Path) -> None:
         """A checkpoint folder's adapters (branches it names are created) and, when saved, the method's own state."""

@@ -1,5 +1,6 @@
 """Pieces that a method *holds* instead of inheriting (Avalanche-style plugins), so that a method follows exactly the
-rules its docstring lists and nothing it picked up from a parent class:
+rules its docstring lists and nothing it picked up from a parent class. A held piece is a ``Plugin``: the method's hooks
+of the same name (methods/base.py) call its hooks, so holding one is one line, ``self.hold(ReplayBuffer(...))``.
 
     ReplayBuffer   samples of finished tasks, and loaders whose batches mix them in and mark them (``replayed``)
     TaskLoRAs      a LoRA per task, earlier ones frozen, all summed at inference; O-LoRA's orthogonality and L2 terms
@@ -25,6 +26,27 @@ def collate_marked(features: list[dict], pad_token_id: int) -> dict[str, torch.T
     return batch
 
 
+class Plugin:
+    """The stage hooks of a held piece, called by its method's hooks of the same name (all optional)."""
+
+    def before_stage(self, stage: int, tasks: list[str]) -> None:
+        """Before stage ``stage`` trains on ``tasks``."""
+
+    def train_loader(self, stage: int, dataset) -> DataLoader | None:
+        """The stage's loader over ``dataset``, or None to leave it to the method."""
+        return None
+
+    def after_stage(self, stage: int, tasks: list[str], dataset) -> None:
+        """Once stage ``stage`` has finished training on ``dataset``."""
+
+    def state_dict(self) -> dict:
+        """What the piece carries across stages (saved with every checkpoint, under keys no other piece uses)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a checkpoint's method state (the union of its method's and pieces' dicts)."""
+
+
 class MixedBatchSampler(Sampler[list[int]]):
     """Index batches over ConcatDataset([current, buffer]): a shuffled pass over the current task, each batch topped
     up with ``replayed`` random buffer samples. Its generator is seeded once, so a new loader replays the same order."""
@@ -46,11 +68,13 @@ class MixedBatchSampler(Sampler[list[int]]):
             yield order[start:start + self.current] + [self.num_current + i for i in replay]
 
 
-class ReplayBuffer(Dataset):
+class ReplayBuffer(Dataset, Plugin):
     """Tokenised samples (input_ids, labels) of finished tasks, with the task each came from; a fixed share per task,
-    reservoir-free (Rolnick et al., 2019, "Experience Replay for Continual Learning")."""
+    reservoir-free (Rolnick et al., 2019, "Experience Replay for Continual Learning"). After each stage
+    ``replay_per_task`` random training samples of its tasks join it; from then on the stage loaders mix it in."""
 
-    def __init__(self):
+    def __init__(self, config, pad_token_id: int):
+        self.config, self.pad_token_id = config, pad_token_id
         self.features: list[dict] = []
 
     def __len__(self) -> int:
@@ -64,21 +88,29 @@ class ReplayBuffer(Dataset):
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
         self.features += [dict(dataset[i], task=task) for i in order]
 
-    def add_stage(self, stage: int, tasks: list[str], dataset, config) -> None:
-        """After stage ``stage``: ``replay_per_task`` random training samples of its tasks join the buffer."""
-        self.add(dataset, config.replay_per_task, config.seed + 7919 * (stage + 1), ",".join(tasks))
+    def after_stage(self, stage: int, tasks: list[str], dataset) -> None:
+        self.add(dataset, self.config.replay_per_task, self.config.seed + 7919 * (stage + 1), ",".join(tasks))
 
-    def loader(self, dataset, config, stage: int, pad_token_id: int) -> DataLoader:
+    def train_loader(self, stage: int, dataset) -> DataLoader | None:
         """Batches of ``batch_size``: (batch_size − k) samples of ``dataset`` + k of the buffer,
         k = max(1, round(replay_ratio · batch_size)), with the ``replayed`` row mask (the same compute per step as
-        without replay)."""
+        without replay); None while the buffer is empty (the first stage)."""
+        if not len(self):
+            return None
+        config = self.config
         sampler = MixedBatchSampler(len(dataset), len(self), config.batch_size, config.replay_ratio,
                                     config.seed + stage)
         return DataLoader(ConcatDataset([dataset, self]), batch_sampler=sampler,
-                          collate_fn=partial(collate_marked, pad_token_id=pad_token_id))
+                          collate_fn=partial(collate_marked, pad_token_id=self.pad_token_id))
+
+    def state_dict(self) -> dict:
+        return dict(replay=self.features)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.features = list(state.get("replay", []))
 
 
-class TaskLoRAs:
+class TaskLoRAs(Plugin):
     """A LoRA per task (O-LoRA's layout, Wang et al., 2023): the first task trains the initial LoRA, each later task
     adds one named after it and the earlier ones leave the optimizer (``DSLoRA.param_groups`` freezes them); with
     ``fast_combine="sum"`` every LoRA is added at inference, so no task id is needed. The two terms below are
@@ -87,7 +119,7 @@ class TaskLoRAs:
     def __init__(self, dslora: DSLoRA):
         self.dslora = dslora
 
-    def start(self, stage: int, tasks: list[str]) -> None:
+    def before_stage(self, stage: int, tasks: list[str]) -> None:
         if stage > 0:
             self.dslora.add_fast(task_name(tasks[0]))
 

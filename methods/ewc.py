@@ -88,8 +88,9 @@ class EWC(SeqLoRA):
         return super().after_stage(stage, tasks, dataset)
 
     def state_dict(self) -> dict:
-        return dict(fisher=[f.cpu() for f in self.fisher], anchor=[a.cpu() for a in self.anchor])
+        return dict(super().state_dict(), fisher=[f.cpu() for f in self.fisher], anchor=[a.cpu() for a in self.anchor])
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.fisher = [f.to(self.device) for f in state.get("fisher", [])]
         self.anchor = [a.to(self.device) for a in state.get("anchor", [])]

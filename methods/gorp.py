@@ -88,14 +88,9 @@ class GORP(SeqLoRA):
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
-        self.loras = TaskLoRAs(self.dslora)
+        self.loras = self.hold(TaskLoRAs(self.dslora))
         self.carried: dict[int, dict] = {}  # optimizer state of the full-rank weights, carried across tasks
         self.optim: ProjectedAdam | None = None
-
-    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        super().before_stage(stage, tasks, dataset)
-        self.loras.start(stage, tasks)
-        return {}
 
     def install(self):
         dslora = super().install()
@@ -141,11 +136,12 @@ class GORP(SeqLoRA):
         return sum(p.numel() for p in self.dslora.fast_parameters()) + sum(w.numel() for w in self.full_rank_weights())
 
     def state_dict(self) -> dict:
-        return dict(weights=[w.detach().cpu() for w in self.full_rank_weights()],
+        return dict(super().state_dict(), weights=[w.detach().cpu() for w in self.full_rank_weights()],
                     carried={i: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in c.items()}
                              for i, c in self.carried.items()})
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         with torch.no_grad():
             for w, saved in zip(self.full_rank_weights(), state.get("weights", [])):
                 w.copy_(saved)

@@ -39,7 +39,7 @@ class ILoRA(Method):
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
-        self.buffer = ReplayBuffer()
+        self.buffer = self.hold(ReplayBuffer(config, tokenizer.pad_token_id))
 
     def install(self) -> DSLoRA:
         config = self.config
@@ -60,11 +60,6 @@ class ILoRA(Method):
         for p in self.dslora.slow_parameters():
             p.requires_grad_(False)
         return torch.optim.AdamW(groups)
-
-    def train_loader(self, stage: int, dataset):
-        if not len(self.buffer):
-            return super().train_loader(stage, dataset)
-        return self.buffer.loader(dataset, self.config, stage, self.tokenizer.pad_token_id)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         positions = [response_positions(labels) for labels in batch["labels"]]
@@ -97,17 +92,7 @@ class ILoRA(Method):
             for slow, fast in zip(self.dslora.slow_parameters(), self.dslora.fast_parameters()):
                 slow.mul_(mu).add_(fast, alpha=1 - mu)
 
-    def after_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        self.buffer.add_stage(stage, tasks, dataset, self.config)
-        return super().after_stage(stage, tasks, dataset)
-
     @contextmanager
     def inference(self, key: str) -> Iterator[None]:
         with self.dslora.branches(fast=False), super().inference(key):
             yield
-
-    def state_dict(self) -> dict:
-        return dict(replay=self.buffer.features)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.features = list(state.get("replay", []))

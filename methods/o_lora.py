@@ -31,12 +31,7 @@ class OLoRA(SeqLoRA):
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
-        self.loras = TaskLoRAs(self.dslora)
-
-    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        super().before_stage(stage, tasks, dataset)
-        self.loras.start(stage, tasks)
-        return {}
+        self.loras = self.hold(TaskLoRAs(self.dslora))
 
     def aux_loss(self, step: int) -> torch.Tensor | None:
         """λ1 · orthogonality + λ2 · L2 (none on the first task when λ2 = 0: there is no earlier LoRA)."""

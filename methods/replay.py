@@ -19,19 +19,4 @@ class Replay(SeqLoRA):
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
-        self.buffer = ReplayBuffer()
-
-    def train_loader(self, stage: int, dataset):
-        if not len(self.buffer):
-            return super().train_loader(stage, dataset)
-        return self.buffer.loader(dataset, self.config, stage, self.tokenizer.pad_token_id)
-
-    def after_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        self.buffer.add_stage(stage, tasks, dataset, self.config)
-        return super().after_stage(stage, tasks, dataset)
-
-    def state_dict(self) -> dict:
-        return dict(replay=self.buffer.features)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.buffer.features = list(state.get("replay", []))
+        self.buffer = self.hold(ReplayBuffer(config, tokenizer.pad_token_id))

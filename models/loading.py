@@ -146,3 +146,9 @@ def base_dtype(config, device: torch.device) -> torch.dtype:
     engine_owns_precision = any(parse_flag_from_env(f"ACCELERATE_USE_{engine}") for engine in ("FSDP", "DEEPSPEED"))
     bf16_matmuls = autocast_dtype(config, device) == torch.bfloat16
     return torch.bfloat16 if bf16_matmuls and not engine_owns_precision else torch.float32
+
+
+def device_tokenizer_model(config) -> tuple[torch.device, PreTrainedTokenizerBase, torch.dtype | None, PreTrainedModel]:
+    """A one-process script's set-up: the device ``config`` picks, the tokenizer, the autocast dtype, the model there."""
+    device = pick_device(config)
+    return device, load_tokenizer(config), autocast_dtype(config, device), load_model(config, device)

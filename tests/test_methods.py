@@ -66,16 +66,31 @@ def test_ablations_set_their_fields():
 
 def test_replay_batches_hold_earlier_tasks_samples(tokenizer):
     config = build_config("smoke", overrides=dict(batch_size=4, replay_ratio=0.5))
-    buffer = ReplayBuffer()
+    buffer = ReplayBuffer(config, tokenizer.pad_token_id)
     buffer.add(task_data("T2_math", tokenizer, config), 4, seed=0, task="T2_math")
     current = task_data("T1_general", tokenizer, config)
     old = {tuple(f["input_ids"]) for f in buffer.features}
     new = {tuple(f["input_ids"]) for f in current.features}
-    batches = list(buffer.loader(current, config, 1, tokenizer.pad_token_id))
+    batches = list(buffer.train_loader(1, current))
     assert len(batches) == len(current) // 2
     for batch in batches:
         rows = [tuple(r[m.bool()].tolist()) for r, m in zip(batch["input_ids"], batch["attention_mask"])]
         assert sum(r in old for r in rows) == 2 and sum(r in new for r in rows) == 2
+
+
+def test_a_held_replay_buffer_reaches_the_methods_hooks_and_checkpoint(tokenizer):
+    """Replay holds a ReplayBuffer and overrides none of the stage hooks: after stage 0 its loader mixes the buffer in
+    (the ``replayed`` mask), its state_dict carries the buffer, and a fresh Replay loaded from that state gives the same
+    batches (resume). Fails if Method's hooks stopped calling the held pieces' hooks."""
+    replay = method("replay", tokenizer, batch_size=4, replay_ratio=0.5)
+    math, general = (task_data(name, tokenizer, replay.config) for name in ("T2_math", "T1_general"))
+    assert "replayed" not in next(iter(replay.train_loader(0, math)))
+    replay.after_stage(0, ["T2_math"], math)
+    batch = next(iter(replay.train_loader(1, general)))
+    assert batch["replayed"].tolist() == [False, False, True, True]
+    resumed = method("replay", tokenizer, batch_size=4, replay_ratio=0.5)
+    resumed.load_state_dict(replay.state_dict())
+    assert torch.equal(next(iter(resumed.train_loader(1, general)))["input_ids"], batch["input_ids"])
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_away_from_it(tokenizer):
