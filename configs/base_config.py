@@ -41,7 +41,7 @@ class Config:
     report_to: str = "none"  # experiment tracker through accelerate: none | tensorboard | wandb | swanlab
 
     # ---- DS-LoRA: W = W0 + (alpha/r_slow)·B_s A_s + (alpha/r_fast)·B_f A_f on the upper layers ---------------------
-    lora_r_slow: int = 8  # rank of the slow (shared, long-term) branch
+    lora_r_slow: int = 8  # rank of the slow (shared, long-term) branch; with lora_r_fast, the baselines' LoRA rank lora_r_slow + lora_r_fast (methods/single_lora.py)
     lora_r_fast: int = 8  # rank of the fast (task-specific) branch; the baselines' LoRA (rank lora_r_slow + lora_r_fast) takes its scale lora_alpha / lora_r_fast (methods/single_lora.py)
     lora_alpha: float = 16.0  # LoRA alpha; each branch is scaled by alpha / its rank
     lora_dropout: float = 0.05  # dropout on the adapter input (one mask shared by both branches)
