@@ -135,8 +135,8 @@ def open_run(config, task_name: str, accelerator) -> tuple[str, Path, Path]:
 def save_run(method, config, task: str, ckpt_dir: Path) -> None:
     """adapters.safetensors, method_state.pt (a method that carries more than adapters) and the PEFT export."""
     method.dslora.save(ckpt_dir / "adapters.safetensors")
-    if method.state_dict():
-        torch.save(method.state_dict(), ckpt_dir / "method_state.pt")
+    if state := method.state_dict():
+        torch.save(state, ckpt_dir / "method_state.pt")
     if config.export_peft:
         with method.inference(method.eval_key(task)):  # the evaluated model's LoRA (I-LoRA: the slow one)
             method.dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))

@@ -18,8 +18,8 @@ import bench_gpu_throughput as bench  # noqa: E402
 ARGS = Namespace(batch=2, seq_len=100, steps=10, kd_every=5, layers=4, hidden=64, peak_tflops=1e-6)
 
 
-def stage(frozen: int, backward_params: int, teacher_seconds: float = 1.0) -> bench.DSLoRAStage:
-    return bench.DSLoRAStage(seconds=4.0, teacher_seconds=teacher_seconds, params=1000, trainable=10,
+def stage(frozen: int, backward_params: int) -> bench.DSLoRAStage:
+    return bench.DSLoRAStage(seconds=4.0, teacher_seconds=1.0, params=1000, trainable=10,
                              modules=["q_proj"], frozen=frozen, backward_params=backward_params)
 
 
@@ -34,13 +34,13 @@ def test_report_flops_follow_the_docstring():
     """model FLOPs/token 6N + 12·layers·hidden·seq; executed: 2N + attention forward + 2·(backward params) + 2·attention
     of the layers above the frozen ones (checked at 1 token/s against a peak of 1 MFLOP/s)."""
     attention = 4 * ARGS.hidden * ARGS.seq_len
-    slow = stage(frozen=2, backward_params=600)
-    result = bench.report(ARGS, slow, slow.seconds / 2000, torch.device("cpu"))  # PEFT at 2000/(s/2000) tokens/s
-    peft_rate = 2000 / (slow.seconds / 2000)
+    measured = stage(frozen=2, backward_params=600)
+    result = bench.report(ARGS, measured, measured.seconds / 2000, torch.device("cpu"))  # PEFT at 2000/(s/2000) tokens/s
+    peft_rate = 2000 / (measured.seconds / 2000)
     assert result["mfu"]["peft"] == pytest.approx(peft_rate * (6 * 1000 + 3 * attention * 4) / 1e6, rel=1e-3)
     executed = 2 * 1000 + attention * 4 + 2 * 600 + 2 * attention * 2
     assert result["executed_flops_utilisation"]["peft"] == pytest.approx(peft_rate * executed / 1e6, rel=1e-3)
-    more_frozen = bench.report(ARGS, stage(frozen=3, backward_params=600), slow.seconds / 2000, torch.device("cpu"))
+    more_frozen = bench.report(ARGS, stage(frozen=3, backward_params=600), measured.seconds / 2000, torch.device("cpu"))
     assert more_frozen["executed_flops_utilisation"]["peft"] < result["executed_flops_utilisation"]["peft"]
 
 
