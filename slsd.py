@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from methods.components import Plugin
 from models.ds_lora import DSLoRA
 from training import autocast, response_logits, response_positions
 from utils_data import collate
@@ -128,15 +129,16 @@ def kd_loss(model, dslora: DSLoRA, probes: list[ProbeSample], config, device: to
     return config.kd_lambda * config.kd_temperature ** 2 * kl
 
 
-class SLSD:
-    """The hooks the sequential engine calls: ``before_stage`` builds the probe buffer, ``aux_loss`` gives L_KD."""
+class SLSD(Plugin):
+    """A piece DS-LoRA holds (methods/dual_speed.py): ``before_stage`` builds the probe buffer, ``aux_loss`` gives
+    L_KD, which the holding method adds to its loss."""
 
     def __init__(self, model, dslora: DSLoRA, config, device: torch.device, amp_dtype: torch.dtype | None):
         self.model, self.dslora, self.config, self.device, self.amp_dtype = model, dslora, config, device, amp_dtype
         self.probes: list[ProbeSample] = []
         self.stage = 0
 
-    def before_stage(self, stage: int, dataset) -> dict:
+    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
         """Build this stage's probe buffer (nothing for the first stage: there is no previous model)."""
         self.stage, self.probes = stage, []
         if stage == 0 or not self.config.use_slsd:

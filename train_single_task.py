@@ -11,7 +11,8 @@ that act only from a sequence's second task on (replay, distillation, penalties 
 the sequential evaluation, are refused on the command line instead of being ignored (``SEQUENCE_ONLY``).
 
 Writes logs/<run>/{config.json,train_loss.jsonl,eval.json} and checkpoints/<run>/{adapters.safetensors,peft/} (plus
-method_state.pt for a method that carries more than adapters, e.g. GORP's full-rank weights).
+method_state.pt for a method that carries more than adapters, e.g. GORP's full-rank weights, and merged/ instead of
+peft/ for GORP, whose evaluated model no LoRA adapter holds).
 """
 from __future__ import annotations
 
@@ -133,13 +134,13 @@ def open_run(config, task_name: str, accelerator) -> tuple[str, Path, Path]:
 
 
 def save_run(method, config, task: str, ckpt_dir: Path) -> None:
-    """adapters.safetensors, method_state.pt (a method that carries more than adapters) and the PEFT export."""
+    """adapters.safetensors, method_state.pt (a method that carries more than adapters) and the export of the model
+    the method evaluates on ``task`` (methods/base.py, Method.export: peft/, or GORP's merged/)."""
     method.dslora.save(ckpt_dir / "adapters.safetensors")
     if state := method.state_dict():
         torch.save(state, ckpt_dir / "method_state.pt")
     if config.export_peft:
-        with method.inference(method.eval_key(task)):  # the evaluated model's LoRA (I-LoRA: the slow one)
-            method.dslora.export_peft(ckpt_dir / "peft", resolve_model_path(config.model_name, config.model_cache_dir))
+        method.export(ckpt_dir, resolve_model_path(config.model_name, config.model_cache_dir), [task])
 
 
 def refuse_sequence_fields(parser, argv: list[str] | None) -> None:

@@ -2,6 +2,9 @@
 
     python bench/bench_bf16.py [--steps 5] [--batch 4] [--seq_len 256] [--prompts 16] [--max_new_tokens 64]
 
+``--max_new_tokens`` is the config field: here the tokens generated per prompt (64 when it is 0, its per-task
+default).
+
 Three modes (MODES): fp32; bf16 autocast over an fp32 base; bf16 autocast over a bf16 base (what `precision auto`
 and `base_dtype auto` run on CUDA and on a CPU with native bf16). The adapters, AdamW state and the loss stay fp32.
 Training: DS-LoRA steps (forward + backward + AdamW) on the same seeded batches from the same initial adapters, the
@@ -87,11 +90,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--task", default="T2_math")
     parser.add_argument("--loss_rtol", type=float, default=2e-2)
     add_config_arguments(parser)
     args, config = parse_config(parser)
+    new_tokens_per_prompt = config.max_new_tokens or 64  # per-task budgets (0) do not apply to a timing
     device, tokenizer = pick_device(config), load_tokenizer(config)
 
     generator = torch.Generator().manual_seed(config.seed)
@@ -112,7 +115,7 @@ def main() -> None:
         model = mode_model(config, device, mode)
         generate(model, tokenizer, prompts[:2], 4, 2, device, dtype)  # warm-up
         start = time.perf_counter()
-        outputs[mode], _, _ = generate(model, tokenizer, prompts, args.max_new_tokens,
+        outputs[mode], _, _ = generate(model, tokenizer, prompts, new_tokens_per_prompt,
                                        len(prompts), device, dtype, desc=f"generate {mode}")
         gen_s[mode] = time.perf_counter() - start
     new_tokens = {m: sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in outputs[m]) for m in MODES}
@@ -133,7 +136,7 @@ def main() -> None:
         **{f"generate_tok_s_{m}": round(gen_tok_s[m], 1) for m in MODES},
         **{f"generate_ratio_{m}": ratio(gen_tok_s[m], gen_tok_s["fp32"]) for m in bf16_modes},
         same_outputs={m: sum(a == b for a, b in zip(outputs["fp32"], outputs[m])) / len(prompts) for m in bf16_modes},
-        new_tokens=new_tokens, prompts=len(prompts), max_new_tokens=args.max_new_tokens)))
+        new_tokens=new_tokens, prompts=len(prompts), max_new_tokens=new_tokens_per_prompt)))
 
 
 if __name__ == "__main__":

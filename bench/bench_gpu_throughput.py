@@ -97,7 +97,7 @@ def time_ds_lora(args, config, data, loader, device: torch.device, amp, tmp: Pat
                 device, amp)  # warm-up (kernels, allocator)
     sync(device)
     start = time.perf_counter()
-    slsd.before_stage(1, data)
+    slsd.before_stage(1, ["random_tokens"], data)
     sync(device)
     teacher_seconds = time.perf_counter() - start
     train_stage(model, dslora, loader, config, args.steps, tmp / "ds.jsonl", device, amp, aux_loss=slsd.aux_loss)

@@ -53,7 +53,7 @@ def main() -> None:
                 steps = num_optimizer_steps(config, len(loader))
                 started = time.perf_counter()
                 if name == "with":
-                    info = hooks.before_stage(1, train)
+                    info = hooks.before_stage(1, [args.task], train)
                     teacher.append(time.perf_counter() - started)
                 train_stage(model, dslora, loader, config, steps, Path(tmp) / f"{name}.jsonl", device, amp_dtype,
                             desc=f"stage {name} SLSD", aux_loss=hooks.aux_loss if name == "with" else None)

@@ -71,7 +71,7 @@ class Config:
     max_eval_samples: int = 6  # evaluated samples per task (0 = all; CPU-sized default): the sequence's eval_split subset (stratified, eval_subset_seed); a single-task run's validation set for its eval loss (its first N)
     eval_subset_seed: int = 0  # seed of that subset (stratified by group, T5 harmful/benign): the same samples for every method, seed and stage
     eval_batch_size: int = 8  # sequences per evaluation batch (eval loss and generation; also SLSD's teacher pass over the probe candidates, slsd.py)
-    max_new_tokens: int = 0  # 0 = each task's budget from its evaluated references (longest + 25 %, >= +16 tokens); > 0 = a deliberate override for every task (warned and recorded where shorter than a reference)
+    max_new_tokens: int = 0  # 0 = each task's budget from its evaluated references (longest + 25 %, >= +16 tokens); > 0 = a deliberate override for every task (warned and recorded where shorter than a reference); bench_generate.py and bench_bf16.py: the tokens timed per prompt (64 when 0)
     max_new_tokens_cap: int = 1024  # ceiling of the per-task generation budgets (tokens)
     bootstrap_resamples: int = 1000  # bootstrap resamples behind every 95 % confidence interval (scores, AP/LA/BWT/FWT/forgetting)
     merge_for_eval: bool = True  # evaluate with ΔW folded into a temporary copy of the adapted weights (~30 % faster generation; costs that copy's memory); SLSD's teacher pass runs the same way (slsd.py)
@@ -90,7 +90,7 @@ class Config:
     log_dir: str = "logs"  # per-run logs: config.json, train_loss.jsonl, eval results
     checkpoint_dir: str = "checkpoints"  # per-run adapters (safetensors) and PEFT exports
     log_every: int = 1  # write a train_loss.jsonl row every N optimizer steps
-    export_peft: bool = True  # also write a standard PEFT LoRA adapter folder next to the DS-LoRA checkpoint
+    export_peft: bool = True  # also write the evaluated model next to the checkpoint: a PEFT LoRA folder (GORP: merged)
 
     # ---- SLSD (stability-aware lightweight self-distillation), used by the sequential script ---------------------
     use_slsd: bool = True  # distil the previous stage's model into the slow branch from the second task on

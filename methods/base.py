@@ -62,9 +62,10 @@ class Method:
         """Called before stage ``stage`` trains on ``dataset`` (the training split of ``tasks``); returns figures
         for stages.jsonl."""
         self.stage = stage
+        info = {}
         for plugin in self.plugins:
-            plugin.before_stage(stage, tasks)
-        return {}
+            info.update(plugin.before_stage(stage, tasks, dataset))
+        return info
 
     def train_loader(self, stage: int, dataset):
         """The first held piece's loader (replay's mixed batches), else shuffled batches of ``dataset``."""
@@ -108,17 +109,19 @@ class Method:
             yield
 
     # ---- export ----------------------------------------------------------------------------------------------
-    def export_keys(self) -> dict[str, str]:
-        """{task: the eval key it is scored with} over the configured tasks, at this point of the sequence."""
-        return {task: self.eval_key(task) for task in self.config.tasks}
+    def export_keys(self, tasks: list[str] | None = None) -> dict[str, str]:
+        """{task: the eval key it is scored with} over ``tasks`` (default: the configured ones), at this point of the
+        sequence."""
+        return {task: self.eval_key(task) for task in (tasks or self.config.tasks)}
 
-    def export(self, folder: Path, base_model: str | None) -> None:
+    def export(self, folder: Path, base_model: str | None, tasks: list[str] | None = None) -> None:
         """Write the model this method evaluates, for use outside the toolkit, as a standard PEFT LoRA adapter in
         ``folder/peft``: the branches in use under ``inference(key)`` (DS-LoRA: slow + fast; I-LoRA: its slow learner;
         O-LoRA: every task's LoRA summed). Tasks scored with different weights (fast_mode=per_task: slow + fast_t)
-        get one adapter per key, ``folder/peft/<key>/``, and ``folder/peft/README.md`` names each task's adapter."""
+        get one adapter per key, ``folder/peft/<key>/``, and ``folder/peft/README.md`` names each task's adapter.
+        ``tasks``: the tasks whose weights to write (default: the configured ones; a single-task run: its task)."""
         tasks_of: dict[str, list[str]] = {}
-        for task, key in self.export_keys().items():
+        for task, key in self.export_keys(tasks).items():
             tasks_of.setdefault(key, []).append(task)
         for key in tasks_of:
             with self.inference(key):
@@ -131,10 +134,10 @@ class Method:
                 + "\n".join(lines) + "\n")
 
     @torch.no_grad()
-    def export_merged(self, folder: Path) -> None:
+    def export_merged(self, folder: Path, tasks: list[str] | None = None) -> None:
         """Write the evaluated model with its adapters folded in, W = W0 + ΔW (fp32 for the adapted layers), as a
         plain transformers model folder (config, safetensors, tokenizer): for methods whose weights no LoRA holds."""
-        keys = set(self.export_keys().values())
+        keys = set(self.export_keys(tasks).values())
         if len(keys) != 1:
             raise ValueError(f"export_merged needs one set of evaluated weights, {self.name} has {len(keys)}")
         with self.inference(keys.pop()):

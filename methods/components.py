@@ -3,6 +3,7 @@ rules its docstring lists and nothing it picked up from a parent class. A held p
 of the same name (methods/base.py) call its hooks, so holding one is one line, ``self.hold(ReplayBuffer(...))``.
 
     ReplayBuffer   samples of finished tasks, and loaders whose batches mix them in and mark them (``replayed``)
+    SLSD           a probe buffer with the previous stage's outputs; distillation into the slow branch (slsd.py)
     TaskLoRAs      a LoRA per task, earlier ones frozen, all summed at inference; O-LoRA's orthogonality and L2 terms
     TermLog        each loss term's mean over a stage and its ratio to the task loss (figures for stages.jsonl)
 """
@@ -29,8 +30,10 @@ def collate_marked(features: list[dict], pad_token_id: int) -> dict[str, torch.T
 class Plugin:
     """The stage hooks of a held piece, called by its method's hooks of the same name (all optional)."""
 
-    def before_stage(self, stage: int, tasks: list[str]) -> None:
-        """Before stage ``stage`` trains on ``tasks``."""
+    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
+        """Before stage ``stage`` trains on ``dataset`` (the training split of ``tasks``); returns figures for
+        stages.jsonl (SLSD's probe buffer), or {}."""
+        return {}
 
     def train_loader(self, stage: int, dataset) -> DataLoader | None:
         """The stage's loader over ``dataset``, or None to leave it to the method."""
@@ -119,9 +122,10 @@ class TaskLoRAs(Plugin):
     def __init__(self, dslora: DSLoRA):
         self.dslora = dslora
 
-    def before_stage(self, stage: int, tasks: list[str]) -> None:
+    def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
         if stage > 0:
             self.dslora.add_fast(task_name(tasks[0]))
+        return {}
 
     def orthogonality(self) -> torch.Tensor:
         """Σ_layers Σ_{t<now} Σ_jk |(A_t A_nowᵀ)_jk| (0 for the first task); the earlier A_t get no gradient."""

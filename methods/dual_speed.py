@@ -22,7 +22,7 @@ import torch
 
 from methods.base import Method
 from models.ds_lora import DSLoRA
-from slsd import SLSD
+import slsd  # the module, not its class: slsd.py imports methods.components, so either may be imported first
 from utils_data import task_name
 
 
@@ -31,14 +31,13 @@ class DualSpeed(Method):
 
     def __init__(self, model, tokenizer, config, device, amp_dtype):
         super().__init__(model, tokenizer, config, device, amp_dtype)
-        self.slsd = SLSD(model, self.dslora, config, device, amp_dtype)
+        self.slsd = self.hold(slsd.SLSD(model, self.dslora, config, device, amp_dtype))
 
     def install(self) -> DSLoRA:
         return DSLoRA.from_config(self.model, self.config)
 
     def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        super().before_stage(stage, tasks, dataset)
-        info = self.slsd.before_stage(stage, dataset)  # the teacher: the model as the previous stage left it
+        info = super().before_stage(stage, tasks, dataset)  # SLSD's teacher: the model as the previous stage left it
         if self.config.fast_mode == "per_task":
             self.dslora.add_fast(task_name(tasks[0]))
         elif self.config.fast_mode == "reset" and stage > 0:

@@ -123,10 +123,10 @@ class GORP(SeqLoRA):
                         for i, w in enumerate(weights) if "P" in self.optim.state[w]}
         return super().after_stage(stage, tasks, dataset)
 
-    def export(self, folder, base_model: str | None) -> None:
+    def export(self, folder, base_model: str | None, tasks: list[str] | None = None) -> None:
         """The evaluated model needs the trained full-rank weights, which no LoRA adapter can hold: write it merged,
         a plain transformers model in ``folder/merged`` (no ``peft/``)."""
-        self.export_merged(folder / "merged")
+        self.export_merged(folder / "merged", tasks)
         (folder / "merged" / "README.md").write_text(
             "# GORP: the evaluated model, merged\n\nGORP trains the adapted layers' own weights (full rank) besides "
             "its LoRAs, so no PEFT LoRA adapter can hold it. This folder is the whole model with both folded in: load "

@@ -8,6 +8,7 @@ import torch
 
 import evaluate
 import prepare_datasets
+import train_single_task
 import train_slsd_seq
 from configs.base_config import build_config
 from evaluation import generate, prompt_messages, reference_for, summarise
@@ -138,6 +139,25 @@ def test_export_is_the_model_the_method_evaluates(finished_run, token_batch):
         with torch.no_grad(), method.dslora.branches():
             assert not torch.allclose(method.model(**token_batch).logits, evaluated.pop(keys.pop()), atol=1e-4)
 
+
+
+def test_single_task_export_is_the_model_the_method_evaluates(small_data, token_batch, tmp_path):
+    """A single-task GORP run writes its evaluated model (full-rank weights included) as merged/, not a LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    train_single_task.main(["--task", "T2_math", "--preset", "smoke", "--data_dir", str(small_data), "--method",
+                            "gorp", "--max_steps", "2", "--run_name", "gorp", "--log_dir", str(tmp_path / "logs"),
+                            "--checkpoint_dir", str(tmp_path / "ckpt")])
+    checkpoint = tmp_path / "ckpt" / "gorp"
+    config = build_config("smoke", str(tmp_path / "logs" / "gorp" / "config.json"))
+    method = make_method(load_model(config), load_tokenizer(config), config, torch.device("cpu"), None)
+    method.load(checkpoint)
+    assert not (checkpoint / "peft").exists()
+    exported = AutoModelForCausalLM.from_pretrained(checkpoint / "merged").eval()
+    with torch.no_grad():
+        got = exported(**token_batch).logits
+    torch.testing.assert_close(got, inference_logits(method, method.eval_key("T2_math"), token_batch),
+                               atol=1e-5, rtol=1e-5)
 
 def test_checkpoint_without_its_run_config_is_a_one_line_error(tmp_path, capsys):
     checkpoint = tmp_path / "ckpt" / "lost_run" / "stage_0_T2_math"

@@ -92,12 +92,12 @@ def test_probe_buffer_is_compact(probe_setup):
 def test_slsd_hooks(tiny_model, tiny_dslora, probe_setup):
     config, dataset, _ = probe_setup
     hooks = SLSD(tiny_model, tiny_dslora, dataclasses.replace(config, kd_every=2), torch.device("cpu"), None)
-    assert hooks.before_stage(0, dataset) == {} and hooks.aux_loss(2) is None  # no teacher before the first stage
-    info = hooks.before_stage(1, dataset)
+    assert hooks.before_stage(0, ["T2_math"], dataset) == {} and hooks.aux_loss(2) is None  # no teacher in stage 0
+    info = hooks.before_stage(1, ["T2_math"], dataset)
     assert info["probe_kept"] == 6 and info["probe_bytes_per_token"] <= 1024
     assert hooks.aux_loss(1) is not None and hooks.aux_loss(2) is None  # every kd_every steps, mid-interval
     off = SLSD(tiny_model, tiny_dslora, dataclasses.replace(config, use_slsd=False), torch.device("cpu"), None)
-    assert off.before_stage(1, dataset) == {} and off.aux_loss(4) is None
+    assert off.before_stage(1, ["T2_math"], dataset) == {} and off.aux_loss(4) is None
 
 
 def second_stage(tokenizer, tmp_path, name: str, **overrides) -> tuple[DSLoRA, list[dict]]:
@@ -113,7 +113,7 @@ def second_stage(tokenizer, tmp_path, name: str, **overrides) -> tuple[DSLoRA, l
     dataset = SFTDataset.from_file(FIXTURES / "alpaca.jsonl", tokenizer, config.max_seq_len)
     cpu = torch.device("cpu")
     slsd = SLSD(model, dslora, config, cpu, None)
-    slsd.before_stage(1, dataset)
+    slsd.before_stage(1, ["T2_math"], dataset)
     loader = make_loader(dataset, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
     log = tmp_path / f"{name}.jsonl"
     train_stage(model, dslora, loader, config, config.max_steps, log, cpu, None, aux_loss=slsd.aux_loss)
