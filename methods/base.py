@@ -10,7 +10,7 @@
         evaluate every task under method.inference(method.eval_key(task))
 
 A method is a small class overriding only the hooks it needs; everything else (data, schedules, checkpoints, resume,
-evaluation, metrics) is the engine's. Shared pieces (a replay buffer, per-task LoRAs, O-LoRA's terms) are held, not
+evaluation, metrics) is the engine's. Shared pieces (a replay buffer, per-task LoRAs, SLSD's probe buffer) are held, not
 inherited (methods/components.py), and every method's docstring lists every loss term it adds. Each term is also
 logged in ``self.terms``, whose per-stage ratios to the task loss ``after_stage`` returns. State that a method carries
 across stages (a Fisher, a buffer, full-rank weights) goes through ``state_dict`` / ``load_state_dict`` so that resume
@@ -48,7 +48,7 @@ class Method:
         raise NotImplementedError
 
     def hold(self, plugin: Plugin) -> Plugin:
-        """Hold ``plugin`` (a replay buffer, per-task LoRAs): the stage hooks below call its hooks."""
+        """Hold ``plugin`` (a replay buffer, per-task LoRAs, SLSD): the stage hooks below call its hooks."""
         self.plugins.append(plugin)
         return plugin
 
@@ -112,7 +112,7 @@ class Method:
     def export_keys(self, tasks: list[str] | None = None) -> dict[str, str]:
         """{task: the eval key it is scored with} over ``tasks`` (default: the configured ones), at this point of the
         sequence."""
-        return {task: self.eval_key(task) for task in (tasks or self.config.tasks)}
+        return {task: self.eval_key(task) for task in (self.config.tasks if tasks is None else tasks)}
 
     def export(self, folder: Path, base_model: str | None, tasks: list[str] | None = None) -> None:
         """Write the model this method evaluates, for use outside the toolkit, as a standard PEFT LoRA adapter in

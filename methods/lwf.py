@@ -30,9 +30,9 @@ class LwF(SeqLoRA):
         self.teacher_state: dict[str, torch.Tensor] | None = None
 
     def before_stage(self, stage: int, tasks: list[str], dataset) -> dict:
-        super().before_stage(stage, tasks, dataset)
+        info = super().before_stage(stage, tasks, dataset)
         self.teacher_state = self.dslora.adapter_state(device=None) if stage > 0 else None  # a copy, on the device
-        return {}
+        return info
 
     @torch.no_grad()
     def teacher_logits(self, model, batch: dict) -> torch.Tensor:

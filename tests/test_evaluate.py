@@ -140,7 +140,6 @@ def test_export_is_the_model_the_method_evaluates(finished_run, token_batch):
             assert not torch.allclose(method.model(**token_batch).logits, evaluated.pop(keys.pop()), atol=1e-4)
 
 
-
 def test_single_task_export_is_the_model_the_method_evaluates(small_data, token_batch, tmp_path):
     """A single-task GORP run writes its evaluated model (full-rank weights included) as merged/, not a LoRA."""
     from transformers import AutoModelForCausalLM
@@ -158,6 +157,7 @@ def test_single_task_export_is_the_model_the_method_evaluates(small_data, token_
         got = exported(**token_batch).logits
     torch.testing.assert_close(got, inference_logits(method, method.eval_key("T2_math"), token_batch),
                                atol=1e-5, rtol=1e-5)
+
 
 def test_checkpoint_without_its_run_config_is_a_one_line_error(tmp_path, capsys):
     checkpoint = tmp_path / "ckpt" / "lost_run" / "stage_0_T2_math"
