@@ -64,13 +64,14 @@ study: setup $(DATA)
 # ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
 # kd_strong (λ 5, a KD term at every step) first: can any dose move forgetting? kd_strong_both: and with KD on both
 # branches (the default dose changes nothing: bench/results/slsd_pair.md).
+# The README's "The dose on 3 seeds" table (bench/results/slsd_dose_3seeds.md) is this target's output.
 DOSE := --variant kd_strong:kd_lambda=5.0,kd_every=1 --variant kd_strong_both:kd_lambda=5.0,kd_every=1,kd_branches=both \
-	--variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
+	--variant fast_reset:fast_mode=reset --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
 	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8,probe_candidates=16 \
-	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
+	--variant probe_32:probe_size=32,probe_candidates=64
 dose: setup $(DATA)
-	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose --runs_of study --methods ds_lora,ds_lora_slsd \
-		--reference ds_lora $(DOSE)
+	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose_3seeds --runs_of study --methods ds_lora,ds_lora_slsd \
+		--reference ds_lora --seeds 42,43,44 $(DOSE)
 
 clean:
 	rm -rf logs/* checkpoints/* pretrained_models $(VENV)
