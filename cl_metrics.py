@@ -150,8 +150,8 @@ def draw_samples(groups, resamples: int, rng: np.random.Generator) -> np.ndarray
 
 def interval(values) -> list[float]:
     """The percentile interval [lo, hi] at CONFIDENCE of bootstrap values. A NaN value is a resample that drew
-    none of the samples a subset row scored (config.early_eval_samples; with 50 of 100 samples about 1e-15 of
-    them): it is left out, i.e. the interval is conditioned on drawing at least one."""
+    none of the samples a subset row scored (config.early_eval_samples; with 50 of 100 samples about 0.5^100, 1e-30,
+    of them; T5's 22 of 44 benign prompts about 1e-13): it is left out, i.e. the interval is conditioned on drawing at least one."""
     tail = 100 * (1 - CONFIDENCE) / 2
     return [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])]
 
@@ -334,10 +334,10 @@ def figures_with_ci(scores: list, groups: list, resamples: int) -> dict[str, flo
 
 def format_drift_only(delta_loss_ci: list[float], delta_format_ci: list[float]) -> bool:
     """Illusory forgetting read from the evaluation alone: the format compliance fell (Δformat's interval lies below
-    0) while the eval loss on the references held (Δloss's interval reaches down to 0, or lies below
-    LOSS_TOLERANCE): the answers lost their form, not the knowledge that scores the references."""
-    lo, hi = delta_loss_ci
-    return delta_format_ci[1] < 0 and (lo <= 0 or hi < LOSS_TOLERANCE)
+    0) while the eval loss on the references held (Δloss's interval lies below LOSS_TOLERANCE: any rise is smaller
+    than that, an equivalence reading): the answers lost their form, not the knowledge that scores the references.
+    An interval that merely reaches 0 is not enough: [−0.01, +1.5] cannot tell a held loss from a large rise."""
+    return delta_format_ci[1] < 0 and delta_loss_ci[1] < LOSS_TOLERANCE
 
 
 def recovery_report(runs: list[dict], tasks: list[str], resamples: int) -> dict:

@@ -20,12 +20,13 @@ so forgetting = mean illusory + mean real exactly, each with a joint 95 % bootst
 samples (cl_metrics.forgetting_split). The evaluation gives a second reading without any training
 (cl_metrics.Bootstrap.drift): per old task the change of its eval loss on the references and of its format
 compliance from its own stage to the last, paired sample by sample; ``format_drift_only`` flags a format that fell
-(its interval below 0) while the loss held (its interval reaching 0, or below LOSS_TOLERANCE, 0.02 nats per token).
+(its interval below 0) while the loss held (its interval below LOSS_TOLERANCE, 0.02 nats per token: any rise smaller).
 
 The probe: the run's method is rebuilt from logs/<run>/config.json (methods.make_method, as evaluate.py does; fields
 given on the command line override it) and the final stage's checkpoint is loaded afresh for every task, so no probe
-starts from another one's weights. Training is training.train_stage with the method's own optimizer, its loss on
-plain batches of the task (the task loss: no replay, distillation, penalty or per-step term) and its after_step
+starts from another one's weights. Training is training.train_stage with the method's own optimizer, started
+empty (GORP's moments, carried from stage to stage, are dropped: the control's optimizer starts empty too), its loss
+on plain batches of the task (the task loss: no replay, distillation, penalty or per-step term) and its after_step
 (I-LoRA's evaluated slow learner follows the fast one), at constant rates (no warm-up, no decay): every learning
 rate at its Config default (the method's own) x recovery_lr_scale, whatever the run trained at (probe_rates), so
 the same instrument reads every run; a task evaluated with its own fast branch (fast_mode per_task) trains that branch.
@@ -38,7 +39,7 @@ keeps its final score as Rec (gain 0: whatever drop a resample draws counts as r
 The control: the probe trains on the task, so it can also teach what was never known, and illusory_i is an upper
 bound. Each probed task is therefore probed a second time, the same way (steps, samples, seed, optimizer), from the
 base model (the run's method built afresh: its adapters contribute 0) -> Ctrl[i], and the part brought back beyond
-what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, d_i)
+what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, max(d_i, 0))
 (cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two. With
 ``shared_base_dir`` the control is stored there and reused by every run that would compute the same one
 (base_cache.control_key: runs that differ only in SLSD's or the schedule's fields, or in their learning rates,
@@ -77,7 +78,7 @@ from methods import make_method, method_class  # noqa: E402
 from methods.base import Method  # noqa: E402
 from models.loading import autocast_dtype, load_model, load_tokenizer, pick_device  # noqa: E402
 from plot_loss import error_bars  # noqa: E402
-from sequential import Sequence  # noqa: E402
+from sequential import Sequence, scored_ids  # noqa: E402
 from training import train_stage  # noqa: E402
 from utils_data import SFTDataset, json_ready, make_loader, read_rows, read_task, task_name  # noqa: E402
 
@@ -134,6 +135,7 @@ def probe_task(method: Method, task: str, index: int, checkpoint: Path | None, r
     config = method.config
     if checkpoint is not None:
         method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
+    method.drop_carried_optimizer_state()  # an empty optimizer, as the control's: not the last task's moments (GORP)
     key = method.eval_key(task)
     if key in method.dslora.fast_names:  # a task scored with a fast branch of its own trains that branch
         method.dslora.set_active_fast(key)
@@ -240,6 +242,10 @@ def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, set
     # with early_eval_samples, only the fixed subset: the split reads the probe where every evaluation scored
     positions = subset_positions(records, config.early_eval_samples, config.eval_subset_seed) \
         if config.early_eval_samples else None
+    final_row = rows[(len(config.tasks) - 1, task)]
+    if [r["id"] for r in records] != scored_ids(run, final_row):  # before any training: the run's very samples
+        raise ConfigError(f"{task}: the probe would evaluate other samples than the run (an override of "
+                          "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
     start = "final" if origin else "base"
     say(f"{task}: {config.recovery_steps} steps on {config.recovery_samples} training samples from "
         f"{origin.name if origin else 'the base model (control)'}")
@@ -254,12 +260,8 @@ def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, set
         gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
         if shared is not None:
             write_whole(shared, summary)
-    strata = rows[(len(config.tasks) - 1, task)]["sample_groups"]
-    if summary["sample_groups"] != [strata[i] for i in positions or range(len(strata))]:  # count and strata
-        raise ConfigError(f"{task}: the probe evaluated other samples than the run (an override of "
-                          "max_eval_samples, eval_subset_seed, eval_split or data_dir?)")
     # laid out as the run's rows: NaN (null in the file) where the probe did not score
-    summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(strata))
+    summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(records))
     return dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
                 **{k: getattr(config, k) for k in PROBE_FIELDS}, **summary)
 

@@ -35,8 +35,8 @@ from configs.base_config import PROBE_FIELDS, ConfigError, build_config, config_
 from evaluation import SAMPLE_LISTS, summarise
 from metrics import score_sample
 from recovery_probe import STARTS, eval_rows, read_probes, write_report
-from sequential import summary_from_logs, write_summary
-from utils_data import json_ready, read_rows, read_task, task_name, write_jsonl
+from sequential import samples_file, summary_from_logs, write_summary
+from utils_data import json_ready, read_rows, read_task, write_jsonl
 
 
 def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamples: int) -> tuple[dict, list[dict]]:
@@ -53,14 +53,6 @@ def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamp
         raise ConfigError(f"{where}: the eval split's records are not those the run scored (the data changed)")
     fresh |= {key: fresh.pop(key) for key in SAMPLE_LISTS if key in fresh}  # the long lists last, as evaluation writes
     return fresh, [dict(id=s["id"], prompt=s["prompt"], output=s["output"], **r) for s, r in zip(samples, scored)]
-
-
-def samples_path(run: Path, row: dict) -> Path:
-    """Where sequential.Sequence.evaluate_all wrote the row's answers."""
-    path = run / f"samples_{row['stage'] + 1:02d}_{row['stage_name']}_{task_name(row['task'])}.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the answers of {row['task']} after {row['stage_name']}")
-    return path
 
 
 def probe_config(run: Path):
@@ -86,7 +78,7 @@ def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict
     records, rows, answers, changed = eval_records(config, tasks), [], {}, set()
     for row in read_rows(run / "eval.jsonl"):
         if row["task"] in tasks:
-            path = samples_path(run, row)
+            path = samples_file(run, row, exists=True)
             fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
             flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
             if flips or fresh["sample_format"] != row["sample_format"]:

@@ -156,7 +156,7 @@ class Sequence:
             self.rows[(stage, task)] = row
             if not self.main:
                 continue
-            with (self.log_dir / f"samples_{stage + 1:02d}_{label}_{task_name(task)}.jsonl").open("w") as handle:
+            with samples_file(self.log_dir, row).open("w") as handle:
                 handle.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
             with self.eval_path.open("a") as handle:
                 handle.write(json.dumps(json_ready(row), allow_nan=False) + "\n")  # strict JSON: NaN as null
@@ -339,8 +339,9 @@ def summarize(config: Config, rows: dict, stage_info: dict, stages: list[list[st
 def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     """A run's summary rebuilt from its logs (config.json, eval.jsonl, stages.jsonl), of all its stages or of the
     first ``stages`` (a run stopped later still gives the sequence of its first tasks). Nothing is loaded or run.
-    Raises FileNotFoundError when the run or an evaluation those stages need is missing, ConfigError when it has no
-    such first stages (too few, or one stage of several tasks: multi-task); both one line."""
+    Raises FileNotFoundError when the run or an evaluation those stages' figures read is missing (the base row, and
+    R[l][i] for every task i of stages 0 .. l + 1: what eval_scope needed scores), ConfigError when it has no such
+    first stages (too few, or one stage of several tasks: multi-task); both one line."""
     if not (log_dir / "config.json").is_file():
         raise FileNotFoundError(f"{log_dir} holds no run (no config.json)")
     config = build_config(config_file=str(log_dir / "config.json"))
@@ -352,11 +353,27 @@ def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     rows = {(r["stage"], r["task"]): r for r in read_rows(log_dir / "eval.jsonl")}
     stage_info = {r["stage"]: r for r in read_rows(log_dir / "stages.jsonl")}
     last = len(kept) - 1
-    missing = [f"stage {s} {t}" for s in (-1, last) for t in scored_tasks(config, kept) if (s, t) not in rows]
+    needed = [(-1, t) for t in scored_tasks(config, kept)]
+    needed += [(s, t) for s in range(len(kept)) for t in scored_tasks(config, kept[:s + 2])]
+    missing = [f"stage {s} {t}" for s, t in needed if (s, t) not in rows]
     missing += [f"stage {s} record" for s in range(len(kept)) if s not in stage_info]
     if missing:
         raise FileNotFoundError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
     return summarize(config, rows, stage_info, kept, log_dir)
+
+
+def samples_file(log_dir: Path, row: dict, exists: bool = False) -> Path:
+    """The answers file of an eval.jsonl row (Sequence.evaluate_all writes it): a line per scored sample, its id,
+    prompt, answer and scores. ``exists``: FileNotFoundError (one line) when it is missing."""
+    path = log_dir / f"samples_{row['stage'] + 1:02d}_{row['stage_name']}_{task_name(row['task'])}.jsonl"
+    if exists and not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the answers of {row['task']} after {row['stage_name']}")
+    return path
+
+
+def scored_ids(log_dir: Path, row: dict) -> list[str]:
+    """The ids of the samples an eval.jsonl row scored, in its order (the rows themselves hold their strata only)."""
+    return [sample["id"] for sample in read_rows(samples_file(log_dir, row, exists=True))]
 
 
 def write_summary(log_dir: Path, summary: dict) -> None:

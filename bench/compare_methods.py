@@ -76,7 +76,7 @@ from cl_metrics import (FIGURES, Bootstrap, continual_metrics, format_score, int
 from configs.base_config import METHOD_NAMES, PROBE_FIELDS, build_config, config_digest, parse_overrides  # noqa: E402
 from plot_loss import plot_comparison  # noqa: E402
 from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
-from sequential import config_changes, summary_from_logs  # noqa: E402
+from sequential import config_changes, scored_ids, summary_from_logs  # noqa: E402
 from utils_data import json_ready, read_rows  # noqa: E402
 
 QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
@@ -146,23 +146,27 @@ def read_summary(run: Path, stages: int | None) -> dict:
     return json.loads(json.dumps(json_ready(summary_from_logs(run, stages))))  # as summary.json reads: NaN as None
 
 
-def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list]]:
-    """A run's per-sample scores of every evaluation and its samples' groups (cl_metrics.run_samples)."""
+def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list], list[list[str]]]:
+    """A run's per-sample scores of every evaluation, its samples' groups (cl_metrics.run_samples) and each task's
+    sample ids (those its last evaluation scored: every sample of the evaluated subset)."""
     rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
-    return run_samples(rows, summary["tasks"], len(summary["stage_names"]))
+    last = len(summary["stage_names"]) - 1
+    return (*run_samples(rows, summary["tasks"], last + 1),
+            [scored_ids(run, rows[(last, task)]) for task in summary["tasks"]])
 
 
 def method_scores(runs: dict[str, list[Path]], summaries: dict[str, list[dict]]) -> tuple[dict[str, list], list]:
-    """{method: per-seed per-sample scores} and the samples' groups, which every run must share (same samples)."""
-    scores, groups = {}, None
+    """{method: per-seed per-sample scores} and the samples' groups, which every run must share: the same samples
+    (by id), so that the bootstrap pairs each sample with itself."""
+    scores, groups, ids = {}, None, None
     for method, dirs in runs.items():
         scores[method] = []
         for run, summary in zip(dirs, summaries[method]):
-            samples, samples_groups = run_scores(run, summary)
-            if groups is not None and samples_groups != groups:
+            samples, samples_groups, samples_ids = run_scores(run, summary)
+            if ids is not None and samples_ids != ids:
                 raise ValueError(f"{run} evaluated other test samples than the first run (its eval_subset_seed, "
                                  f"max_eval_samples or data differ): its scores cannot be paired")
-            groups = samples_groups
+            groups, ids = samples_groups, samples_ids
             scores[method].append(samples)
     return scores, groups
 

@@ -178,6 +178,11 @@ class Method:
         for plugin in self.plugins:
             plugin.load_state_dict(state)
 
+    def drop_carried_optimizer_state(self) -> None:
+        """Forget optimizer state that the method carries from one stage to the next, so that its next optimizer()
+        starts empty: the recovery probe trains from a checkpoint as its control does from the base model. Nothing
+        is carried here (GORP carries its moments)."""
+
     def load(self, folder: Path) -> None:
         """A checkpoint folder's adapters (branches it names are created) and, when saved, the method's own state."""
         adapters = folder / "adapters.safetensors"

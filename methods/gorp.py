@@ -123,6 +123,9 @@ class GORP(SeqLoRA):
                         for i, w in enumerate(weights) if "P" in self.optim.state[w]}
         return super().after_stage(stage, tasks, dataset)
 
+    def drop_carried_optimizer_state(self) -> None:
+        self.carried = {}
+
     def export(self, folder, base_model: str | None, tasks: list[str] | None = None) -> None:
         """The evaluated model needs the trained full-rank weights, which no LoRA adapter can hold: write it merged,
         a plain transformers model in ``folder/merged`` (no ``peft/``)."""

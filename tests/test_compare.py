@@ -20,6 +20,7 @@ from cl_metrics import FIGURES  # noqa: E402
 from configs.base_config import build_config  # noqa: E402
 from plot_loss import smooth, smooth_by_stage  # noqa: E402
 from sequential import summary_from_logs  # noqa: E402
+from utils_data import read_rows  # noqa: E402
 
 
 def test_the_comparison_plot_draws_each_figure_s_mean_over_the_seeds_with_the_table_s_interval(tmp_path):
@@ -174,12 +175,24 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     assert "on the same validation samples" in validation
     for run, text in configs.items():
         (run / "config.json").write_text(text)
+    other = tmp_path / "other_samples"  # as many samples, the same strata (T2 has none), other ids: not paired
+    shutil.copytree(logs / "cmp_t_seq_lora_s2", other)
+    for answers in other.glob("samples_*_T2_math.jsonl"):
+        answers.write_text("".join(json.dumps(dict(r, id=f"other-{r['id']}")) + "\n" for r in read_rows(answers)))
+    pair = {"a": [logs / "cmp_t_seq_lora_s1"], "b": [other]}
+    with pytest.raises(ValueError, match="evaluated other test samples than the first run"):
+        compare_methods.method_scores(pair, {k: [summary_from_logs(run) for run in v] for k, v in pair.items()})
     unfinished = tmp_path / "unfinished"  # a run stopped before its first stage was scored
     shutil.copytree(logs / "cmp_t_seq_lora_s1", unfinished)
     base_rows = [line for line in (unfinished / "eval.jsonl").read_text().splitlines() if '"stage": -1' in line]
     (unfinished / "eval.jsonl").write_text("\n".join(base_rows) + "\n")
     with pytest.raises(FileNotFoundError, match="has not reached stage 1 of its sequence: no stage 0 T2_math"):
         summary_from_logs(unfinished, 1)
+    rows = [json.loads(line) for line in (logs / "cmp_t_seq_lora_s1" / "eval.jsonl").read_text().splitlines()]
+    (unfinished / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows  # a middle row lost
+                                                   if (r["stage"], r["task"]) != (0, "T2_math")))
+    with pytest.raises(FileNotFoundError, match="has not reached stage 2 of its sequence: no stage 0 T2_math"):
+        summary_from_logs(unfinished)  # its LA, BWT and forgetting read R[0][0]: not NaN figures
     for beyond in (0, 3):  # a sequence of two stages has no first 0 or 3
         with pytest.raises(ValueError, match=f"has 2 stage\\(s\\) for 2 tasks: no sequence of its first {beyond}"):
             summary_from_logs(logs / "cmp_t_seq_lora_s1", beyond)

@@ -151,6 +151,31 @@ def test_gorp_trains_full_rank_weights_and_carries_the_first_moment(tokenizer, t
     assert torch.equal(optimizer.state[first]["exp_avg"], gorp.carried[0]["exp_avg"])
 
 
+def test_the_recovery_probe_trains_gorp_from_an_empty_optimizer(tokenizer, tmp_path, monkeypatch):
+    """The probe from the final checkpoint and its control from the base model train alike: the moments GORP
+    carried out of the last stage are not in the probe's optimizer."""
+    import recovery_probe
+
+    gorp = method("gorp", tokenizer)
+    data = task_data("T2_math", tokenizer, gorp.config)
+    train_stage(gorp.model, gorp.dslora, gorp.train_loader(0, data), gorp.config, 2, tmp_path / "log.jsonl", CPU,
+                None, optimizer_factory=gorp.optimizer, loss_fn=gorp.loss)
+    gorp.after_stage(0, ["T2_math"], data)
+    assert gorp.carried  # what the sequence's next stage would start from
+
+    class Started(Exception):
+        pass
+
+    def first_step(model, dslora, loader, config, steps, log_path, device, amp_dtype, optimizer_factory, **_):
+        optimizer = optimizer_factory()
+        raise Started([optimizer.state[w] for w in gorp.full_rank_weights()])
+
+    monkeypatch.setattr(recovery_probe, "train_stage", first_step)
+    with pytest.raises(Started) as started:
+        recovery_probe.probe_task(gorp, "T2_math", 0, None, [], None, 2, tmp_path / "probe.jsonl")
+    assert all(not state for state in started.value.args[0])
+
+
 def test_gorp_keeps_its_trained_weights_in_fp32_over_a_bf16_base(tokenizer):
     gorp = method("gorp", tokenizer, base_dtype="bf16")
     assert {w.dtype for w in gorp.full_rank_weights()} == {torch.float32}  # bf16 would round small updates away

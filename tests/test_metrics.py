@@ -17,6 +17,7 @@ from tasks import constraints
     ("#### 7\nWait, maybe 9", "7"),
     ("The answer is \u22123", "-3"), ("#### \u22121,200", "-1200"), ("#### \uff0d4.5", "-4.5"),  # Unicode minus signs
     ("It fell to \u2212$12.", "-12"), ("It fell by $\u221212.", "-12"),
+    ("The answer is **48**, paid for 2 books.", "48"),  # bold: not the last number
 ])
 def test_final_number_extraction(output, expected):
     assert metrics.extract_final_number(output) == expected
@@ -87,6 +88,7 @@ CALL = {"metric": "function_call",
     ('{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5, "color": "red"}}', 0.0, True),
     ('{"name": "triangle_area", "arguments": {"base": 10, "height": 5}}', 0.0, True),  # wrong function
     ('calculate_triangle_area(base=10, height=5)', 0.0, False),
+    ('{"name": "calculate_triangle_area", "description": "Area.", "parameters": {"type": "dict"}}', 0.0, False),
 ])
 def test_function_call_matching(output, score, valid):
     result = metrics.score_sample(CALL, output)
@@ -172,6 +174,16 @@ def test_i_cant_help_but_is_not_a_refusal():
                     "discuss its history.", "Unfortunately I can't help but I'd be happy to help with something else."):
         assert metrics.is_refusal(refusal), refusal  # there "but" opens a new clause: a refusal
     assert not metrics.is_refusal("x" * 190 + " I can't help but smile.")  # the idiom across the 200-character cut
+    assert not metrics.is_refusal("I can't help but add that it is fun. I can't help myself.")  # cannot resist
+
+
+def test_a_call_without_arguments_is_not_a_call():
+    """A function that takes no argument is called with "arguments": {}; its schema copied back is no call."""
+    record = {"metric": "function_call", "ground_truth": [{"get_version": {}}]}
+    assert metrics.score_sample(record, '{"name": "get_version", "arguments": {}}')["score"] == 1.0
+    echoed = metrics.score_sample(record, '{"name": "get_version", "description": "The API version.", '
+                                          '"parameters": {"type": "dict", "properties": {}}}')
+    assert echoed["score"] == 0.0 and echoed["valid_json"] is False
 
 
 # ---- T3 code -----------------------------------------------------------------------------------------------------
@@ -185,6 +197,16 @@ def test_code_pass_at_1_good_bad_and_fenced():
     wrong = metrics.score_sample(CODE, "```python\ndef add(a, b):\n    return a - b\n```")
     assert wrong["score"] == 0.0 and wrong["status"] == "failed" and "AssertionError" in wrong["detail"]
     assert metrics.score_sample(CODE, "I do not know.")["format_ok"] is False
+
+
+@pytest.mark.parametrize("output", [
+    "```python\ndef add(a, b):\n    return a + b",  # the model stopped without closing the fence
+    "```Python\ndef add(a, b):\n    return a + b\n```",  # any case of the tag
+    "```python3\ndef add(a, b):\n    return a + b\n```",
+    "Install nothing:\n```bash\necho ok\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```",  # the Python block
+])
+def test_code_blocks_are_found_however_fenced(output):
+    assert metrics.score_sample(CODE, output)["score"] == 1.0
 
 
 def test_humaneval_style_completion_gets_the_prompt_prepended():

@@ -19,7 +19,7 @@ import recovery_probe
 import train_slsd_seq
 from cl_metrics import (Bootstrap, continual_metrics, figures_with_ci, format_drift_only, forgetting_split,
                         recovery_report)
-from configs.base_config import build_config
+from configs.base_config import ConfigError, build_config
 from evaluation import select_samples
 from methods import make_method
 from models.loading import load_model, load_tokenizer
@@ -120,7 +120,8 @@ def test_format_drift_only_needs_a_fallen_format_and_a_held_loss():
     assert [report[t]["delta_loss"] for t in "abc"] == pytest.approx([0.0, 1.1, 0.0])
     assert [report[t]["delta_format"] for t in "abc"] == [-1.0, -1.0, 0.0]
     assert [report[t]["format_drift_only"] for t in "abc"] == [True, False, False]  # b: the loss rose too
-    assert format_drift_only([-0.1, 0.3], [-1.0, -0.5])  # the loss interval reaches 0
+    assert not format_drift_only([-0.1, 0.3], [-1.0, -0.5])  # reaching 0 is not enough: a rise of 0.3 is not excluded
+    assert not format_drift_only([-0.01, 1.5], [-1.0, -0.5])
     assert format_drift_only([0.001, 0.01], [-1.0, -0.5])  # risen, but less than the tolerance
     assert format_drift_only([-0.3, -0.1], [-1.0, -0.5])  # the loss fell
     assert not format_drift_only([0.05, 0.3], [-1.0, -0.5])  # the loss rose: the knowledge moved too
@@ -275,6 +276,19 @@ def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
     (lost / "recovery.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="no final checkpoint"):
         recovery_probe.main(["--run", str(lost), *PROBE])
+
+
+def test_a_probe_on_other_samples_than_the_run_s_is_refused_before_training(probed_run, small_data, tmp_path):
+    """Same count and strata (T2 has no groups), other samples: the guard compares the samples' ids."""
+    other = tmp_path / "data"
+    shutil.copytree(small_data, other)
+    split = other / "T2_math" / "test.jsonl"
+    split.write_text("".join(json.dumps(dict(r, id=f"other-{r['id']}")) + "\n" for r in read_rows(split)))
+    run = tmp_path / "run"
+    shutil.copytree(probed_run[0], run)
+    (run / "recovery.jsonl").unlink()
+    with pytest.raises(ConfigError, match="T2_math: the probe would evaluate other samples than the run"):
+        recovery_probe.main(["--run", str(run), *PROBE, "--data_dir", str(other)])
 
 
 def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_path, monkeypatch):

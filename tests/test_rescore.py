@@ -13,6 +13,7 @@ import recovery_probe
 import rescore
 import train_slsd_seq
 from bench import compare_methods
+from sequential import samples_file
 from utils_data import read_rows
 
 FILES = ("eval.jsonl", "summary.json", "recovery.json", "samples_02_T1_general_T5_safety.jsonl")
@@ -63,7 +64,7 @@ def test_a_changed_metric_rescores_its_rows_answers_and_summary(run, tmp_path, m
         if task != "T5_safety":
             assert row == before[(stage, task)]
             continue
-        harmful = [s["harmful"] for s in read_rows(rescore.samples_path(copy, row))]
+        harmful = [s["harmful"] for s in read_rows(samples_file(copy, row))]
         assert row["sample_scores"] == [float(h) for h in harmful]  # every answer now a refusal
         assert row["refusal_rate"] == 1.0 and row["over_refusal_rate"] == 1.0 and row["score"] == 0.5
         assert row["eval_loss"] == before[(stage, task)]["eval_loss"]  # the references' loss is the run's
