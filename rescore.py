@@ -12,7 +12,9 @@ in samples_<stage>_<label>_<task>.jsonl. So for each eval.jsonl row of the chose
 Then summary.json is rebuilt from the logs (sequential.summary_from_logs), and recovery.json from the probe rows
 already stored (recovery_probe.write_report: nothing is trained). A probe's re-evaluation stores no answers, so a run
 with probe rows of a task whose scores changed is refused, and nothing of it is written: delete those rows and run
-recovery_probe.py again. With ``--archive``, a rescored run archived there (compare_methods.py:
+recovery_probe.py again (it needs the final checkpoint). ``--keep_stale_probes`` keeps them instead, for a fix that
+can only raise scores (a pass the former metric missed): a probe's score is then a lower bound, and so is its
+illusory part; the runs' evaluation rows, which every paired figure reads, all follow today's metric. With ``--archive``, a rescored run archived there (compare_methods.py:
 <archive>/<run>.tar.gz) is archived again. Prints one line per evaluation whose score changed.
 
 Every check comes before the first write, so an error (an unfinished run, a missing answers file, answers that are
@@ -91,9 +93,10 @@ def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict
     return rows, answers, changed
 
 
-def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> None:
+def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None, keep_stale_probes: bool = False) -> None:
     """Score the run's evaluations of ``tasks`` (None: all) again and rewrite its logs; every check first, so an
-    error leaves the run as it was."""
+    error leaves the run as it was. ``keep_stale_probes``: probe rows of a task whose scores changed are kept (and
+    named) instead of refused."""
     config = build_config(config_file=str(run / "config.json"))
     unknown = sorted(set(tasks or []) - set(config.tasks))
     if unknown:
@@ -105,9 +108,12 @@ def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None) -> Non
     rows, answers, changed = rescored_rows(run, config, chosen)
     probes = run / "recovery.jsonl"
     stale = changed & {r["task"] for r in read_rows(probes)} if probes.is_file() else set()
-    if stale:
+    if stale and not keep_stale_probes:
         raise ConfigError(f"{probes} holds probe rows of {', '.join(sorted(stale))}, whose scores changed: a probe "
-                          "stores no answers to score again; delete those rows and run recovery_probe.py again")
+                          "stores no answers to score again; delete those rows and run recovery_probe.py again "
+                          "(or --keep_stale_probes where the fix can only raise scores)")
+    if stale:
+        print(f"{run.name}: kept the probe rows of {', '.join(sorted(stale))}, scored under the former metric")
     for path, samples in answers.items():
         write_jsonl(path, samples)
     write_jsonl(run / "eval.jsonl", [json_ready(r) for r in rows], ensure_ascii=True)  # as evaluate_all writes
@@ -127,11 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", help="run folders (logs/<run>)")
     parser.add_argument("--tasks", default="", help="comma-separated tasks to score again (default: all)")
     parser.add_argument("--archive", default="", help="archive folder (bench/runs): re-archive the runs kept there")
+    parser.add_argument("--keep_stale_probes", action="store_true", help="keep the probe rows of tasks whose scores "
+                        "changed (valid where the fix only raises scores: the probes' figures become lower bounds)")
     args = parser.parse_args(argv)
     for run in map(Path, args.runs):
         if not (run / "eval.jsonl").is_file():
             raise FileNotFoundError(f"{run} holds no evaluated run (no eval.jsonl)")
-        rescore_run(run, args.tasks.split(",") if args.tasks else None, Path(args.archive) if args.archive else None)
+        rescore_run(run, args.tasks.split(",") if args.tasks else None, Path(args.archive) if args.archive else None,
+                    args.keep_stale_probes)
 
 
 if __name__ == "__main__":

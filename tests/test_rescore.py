@@ -113,6 +113,18 @@ def test_a_probed_task_whose_scores_changed_is_refused_and_nothing_written(run, 
     assert {name: (copy / name).read_bytes() for name in FILES} == before
 
 
+def test_stale_probe_rows_are_kept_only_when_asked(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=True)
+    probes = (copy / "recovery.jsonl").read_bytes()
+    always_refuses(monkeypatch)
+    rescore.main([str(copy), "--keep_stale_probes"])
+    assert (copy / "recovery.jsonl").read_bytes() == probes  # the probe rows as they were
+    t5 = [r for r in read_rows(copy / "eval.jsonl") if r["task"] == "T5_safety"]
+    assert all(r["refusal_rate"] == 1.0 for r in t5)  # the evaluation rows follow today's metric
+    final = json.loads((copy / "recovery.json").read_text())["tasks"]["T5_safety"]["final"]
+    assert final == t5[-1]["score"]  # and the report reads them
+
+
 def test_an_archived_run_is_archived_again(run, tmp_path, monkeypatch):
     copy = copy_of(run, tmp_path, probed=False)
     archive = tmp_path / "archive"
