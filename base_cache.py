@@ -14,9 +14,9 @@ kernels differ between processes, one base row for every run instead of rows tha
 Any change of code, library, weights, samples or evaluation field gives another key: a stale row is not reused.
 
 The recovery probe's control (recovery_probe.py: the same probe from the base model) is likewise a property of the
-base model, the method's class and its training fields, not of the run's sequence: it is stored under
-``controls/`` by ``control_key`` and reused by every run that would compute the same one (in the study, ds_lora,
-ds_lora_slsd and SLSD's dose variants of one seed share theirs).
+base model, the method's class and its training fields, not of the run's sequence: it is stored (summary and
+answers) under ``controls/`` by ``control_key`` and reused by every run that would compute the same one (in the
+study, ds_lora, ds_lora_slsd and SLSD's dose variants of one seed share theirs).
 """
 from __future__ import annotations
 

@@ -48,8 +48,9 @@ lifted the base model's T3 from 0.06 to 0.36, at 1x (the default) they taught no
 
 Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
 has a row of the same setting, every field the probe runs with, is not run again),
-recovery/<task>_<start>_train_loss.jsonl, recovery.json (the split, its controlled reading and the drift with
-their intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
+recovery/<task>_<start>_train_loss.jsonl, recovery/<task>_<start>_samples.jsonl (the probe's answers: rescore.py
+scores them again after a metric fix), recovery.json (the split, its controlled reading and the drift with their
+intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
 illusory and real parts, and the illusory part beyond the control).
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ from models.loading import autocast_dtype, load_model, load_tokenizer, pick_devi
 from plot_loss import error_bars  # noqa: E402
 from sequential import Sequence, scored_ids  # noqa: E402
 from training import train_stage  # noqa: E402
-from utils_data import SFTDataset, json_ready, make_loader, read_rows, read_task, task_name  # noqa: E402
+from utils_data import SFTDataset, json_ready, make_loader, read_rows, read_task, task_name, write_jsonl  # noqa: E402
 
 STARTS = ("final", "base")  # where a task's probes start: the run's final checkpoint, and the base model (control)
 
@@ -129,9 +130,10 @@ def read_probes(run: Path, setting: str, start: str = "final") -> dict[str, dict
 
 
 def probe_task(method: Method, task: str, index: int, checkpoint: Path | None, records: list[dict],
-               positions: list[int] | None, steps: int, log_path: Path) -> dict:
-    """Task ``task``'s evaluation summary on ``records`` (``positions``: those of them only) after ``steps``
-    recovery steps from ``checkpoint`` (None: from ``method`` as it is, a freshly built one for the control)."""
+               positions: list[int] | None, steps: int, log_path: Path) -> tuple[dict, list[dict]]:
+    """Task ``task``'s evaluation (summary, per-sample answers) on ``records`` (``positions``: those of them only)
+    after ``steps`` recovery steps from ``checkpoint`` (None: from ``method`` as it is, a freshly built one for the
+    control)."""
     config = method.config
     if checkpoint is not None:
         method.load(checkpoint)  # afresh for every task: the final checkpoint, never an earlier probe's weights
@@ -150,7 +152,7 @@ def probe_task(method: Method, task: str, index: int, checkpoint: Path | None, r
                 steps, log_path, method.device, method.amp_dtype, desc=f"recovery {task_name(task)}",
                 optimizer_factory=method.optimizer, loss_fn=method.loss,
                 on_step=lambda step, _: method.after_step(step))
-    return method.evaluate({task: records}, "recovery", positions=positions and {task: positions})[task][0]
+    return method.evaluate({task: records}, "recovery", positions=positions and {task: positions})[task]
 
 
 def headline(report: dict) -> str:
@@ -252,18 +254,27 @@ def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, set
     shared = control_path(config, task, control_of(config, task, records, positions)) \
         if origin is None and config.shared_base_dir else None
     if shared is not None and shared.is_file():
-        summary = json.loads(shared.read_text())
+        stored = json.loads(shared.read_text())
+        summary, samples = stored["summary"], stored["samples"]
         say(f"{task}: the control is reused from {shared}")
     else:
-        summary = probe_task(fresh_method(config), task, config.tasks.index(task), origin, records, positions,
-                             config.recovery_steps, run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
+        summary, samples = probe_task(fresh_method(config), task, config.tasks.index(task), origin, records,
+                                      positions, config.recovery_steps,
+                                      run / "recovery" / f"{task_name(task)}_{start}_train_loss.jsonl")
         gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
         if shared is not None:
-            write_whole(shared, summary)
+            write_whole(shared, dict(summary=summary, samples=samples))
+    write_jsonl(probe_answers(run, task, start), samples)  # what rescore.py scores again after a metric fix
     # laid out as the run's rows: NaN (null in the file) where the probe did not score
     summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(records))
     return dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
                 **{k: getattr(config, k) for k in PROBE_FIELDS}, **summary)
+
+
+def probe_answers(run: Path, task: str, start: str) -> Path:
+    """The answers of ``task``'s probe from ``start`` (``final`` or ``base``): a line per scored sample, as the
+    run's own samples_*.jsonl."""
+    return run / "recovery" / f"{task_name(task)}_{start}_samples.jsonl"
 
 
 def control_of(config, task: str, records: list[dict], positions: list[int] | None) -> str:

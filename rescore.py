@@ -10,12 +10,14 @@ in samples_<stage>_<label>_<task>.jsonl. So for each eval.jsonl row of the chose
     its eval loss, cut-off flags and sample positions stay the run's (they do not depend on the metric).
 
 Then summary.json is rebuilt from the logs (sequential.summary_from_logs), and recovery.json from the probe rows
-already stored (recovery_probe.write_report: nothing is trained). A probe's re-evaluation stores no answers, so a run
-with probe rows of a task whose scores changed is refused, and nothing of it is written: delete those rows and run
-recovery_probe.py again (it needs the final checkpoint). ``--keep_stale_probes`` keeps them instead, for a fix that
-can only raise scores (a pass the former metric missed): a probe's score is then a lower bound, and so is its
-illusory part; the runs' evaluation rows, which every paired figure reads, all follow today's metric. With ``--archive``, a rescored run archived there (compare_methods.py:
-<archive>/<run>.tar.gz) is archived again. Prints one line per evaluation whose score changed.
+already stored (recovery_probe.write_report: nothing is trained). A probe row of a chosen task is scored again the
+same way from its stored answers (recovery/<task>_<start>_samples.jsonl). A probe made before answers were stored
+cannot be: a run with such probe rows of a task whose scores changed is refused, and nothing of it is written:
+delete those rows and run recovery_probe.py again (it needs the final checkpoint). ``--keep_stale_probes`` keeps
+them instead, for a fix that can only raise scores (a pass the former metric missed): a probe's score is then a lower
+bound, and so is its illusory part; the runs' evaluation rows, which every paired figure reads, all follow today's
+metric. With ``--archive``, a rescored run archived there (compare_methods.py: <archive>/<run>.tar.gz) is archived
+again. Prints one line per evaluation whose score changed.
 
 Every check comes before the first write, so an error (an unfinished run, a missing answers file, answers that are
 not the eval split's samples, a stale probe) leaves the run as it was, with one line. Rescoring a run under unchanged
@@ -32,18 +34,19 @@ from pathlib import Path
 
 import sandbox
 from bench.compare_methods import archive_run
-from cl_metrics import format_score
+from cl_metrics import format_score, laid_out
 from configs.base_config import PROBE_FIELDS, ConfigError, build_config, config_digest
 from evaluation import SAMPLE_LISTS, summarise
 from metrics import score_sample
-from recovery_probe import STARTS, eval_rows, read_probes, write_report
+from recovery_probe import STARTS, eval_rows, probe_answers, read_probes, write_report
 from sequential import samples_file, summary_from_logs, write_summary
 from utils_data import json_ready, read_rows, read_task, write_jsonl
 
 
-def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamples: int) -> tuple[dict, list[dict]]:
-    """An eval.jsonl row and its per-sample rows, scored again from the answers they hold."""
-    where = f"{row['task']} after {row['stage_name']}"
+def rescore_row(row: dict, samples: list[dict], records: dict[str, dict], resamples: int,
+                where: str) -> tuple[dict, list[dict]]:
+    """An eval.jsonl (or recovery.jsonl) row and its per-sample rows, scored again from the answers they hold;
+    ``where`` names the row in errors."""
     missing = [s["id"] for s in samples if s["id"] not in records]
     if missing or len(samples) != row["samples"]:
         raise ConfigError(f"{where}: {len(samples)} stored answers for {row['samples']} samples"
@@ -81,7 +84,8 @@ def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict
     for row in read_rows(run / "eval.jsonl"):
         if row["task"] in tasks:
             path = samples_file(run, row, exists=True)
-            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples)
+            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples,
+                                               f"{row['task']} after {row['stage_name']}")
             flips = sum(a != b for a, b in zip(row["sample_scores"], fresh["sample_scores"]))
             if flips or fresh["sample_format"] != row["sample_format"]:
                 changed.add(row["task"])
@@ -91,6 +95,25 @@ def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict
             row = fresh
         rows.append(row)
     return rows, answers, changed
+
+
+def rescored_probes(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
+    """The run's recovery.jsonl rows with those of ``tasks`` scored again from their stored answers
+    (recovery_probe.probe_answers), those answers' rows by file, and the tasks with a probe row whose answers were
+    not stored (probes from before they were)."""
+    records, rows, answers, unanswered = eval_records(config, tasks), [], {}, set()
+    for row in read_rows(run / "recovery.jsonl"):
+        path = probe_answers(run, row["task"], row["start"])
+        if row["task"] in tasks and path.is_file():
+            fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples,
+                                               f"{row['task']}'s probe from the {row['start']}")
+            # laid out as the run's rows, as recovery_probe.probe_row writes it
+            row = dict(fresh, sample_scores=laid_out(fresh["sample_scores"], row.get("sample_positions"),
+                                                     len(row["sample_scores"])))
+        elif row["task"] in tasks:
+            unanswered.add(row["task"])
+        rows.append(row)
+    return rows, answers, unanswered
 
 
 def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None, keep_stale_probes: bool = False) -> None:
@@ -107,15 +130,19 @@ def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None, keep_s
     chosen = tasks or config.tasks
     rows, answers, changed = rescored_rows(run, config, chosen)
     probes = run / "recovery.jsonl"
-    stale = changed & {r["task"] for r in read_rows(probes)} if probes.is_file() else set()
+    probe_rows, probe_answered, unanswered = rescored_probes(run, config, chosen) if probes.is_file() else ([], {},
+                                                                                                           set())
+    stale = changed & unanswered
     if stale and not keep_stale_probes:
-        raise ConfigError(f"{probes} holds probe rows of {', '.join(sorted(stale))}, whose scores changed: a probe "
-                          "stores no answers to score again; delete those rows and run recovery_probe.py again "
-                          "(or --keep_stale_probes where the fix can only raise scores)")
+        raise ConfigError(f"{probes} holds probe rows of {', '.join(sorted(stale))}, whose scores changed, without "
+                          "their answers (probed before answers were stored); delete those rows and run "
+                          "recovery_probe.py again (or --keep_stale_probes where the fix can only raise scores)")
     if stale:
         print(f"{run.name}: kept the probe rows of {', '.join(sorted(stale))}, scored under the former metric")
-    for path, samples in answers.items():
+    for path, samples in (answers | probe_answered).items():
         write_jsonl(path, samples)
+    if probe_answered:
+        write_jsonl(probes, [json_ready(r) for r in probe_rows], ensure_ascii=True)  # as recovery_probe writes
     write_jsonl(run / "eval.jsonl", [json_ready(r) for r in rows], ensure_ascii=True)  # as evaluate_all writes
     write_summary(run, summary_from_logs(run))
     if probe:  # after eval.jsonl: a report older than the evaluations reads as not probed (compare_methods.probed)

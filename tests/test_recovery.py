@@ -154,10 +154,12 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
     records = select_samples(read_task("T2_math", config.eval_split, config.data_dir)[0], config.max_eval_samples,
                              config.eval_subset_seed)
     final = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (2, "T2_math"))
-    untouched = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 0, tmp_path / "loss.jsonl")
+    untouched = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 0,
+                                          tmp_path / "loss.jsonl")[0]
     assert untouched["sample_scores"] == final["sample_scores"]  # no step: the run's own final evaluation
     assert untouched["sample_nll"] == pytest.approx(final["sample_nll"], rel=1e-6)
-    probed = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 2, tmp_path / "loss.jsonl")
+    probed = recovery_probe.probe_task(method, "T2_math", 0, checkpoint, records, None, 2,
+                                       tmp_path / "loss.jsonl")[0]
     assert probed["eval_loss"] != pytest.approx(final["eval_loss"], rel=1e-4)
     saved, now = load_file(checkpoint / "adapters.safetensors"), method.dslora.adapter_state()
     moved = {key.split(".")[-2] for key in saved if not torch.equal(saved[key], now[key])}  # slow, or a fast name
@@ -165,6 +167,9 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
     row = read_rows(logs / "recovery.jsonl")[0]
     assert (row["task"], row["start"]) == ("T2_math", "final")
     assert row["sample_nll"] == pytest.approx(probed["sample_nll"], rel=1e-6)
+    answers = read_rows(recovery_probe.probe_answers(logs, "T2_math", "final"))  # kept for rescore.py
+    assert [a["id"] for a in answers] == [r["id"] for r in records]
+    assert [a["score"] for a in answers] == row["sample_scores"]
 
 
 def test_the_control_probe_starts_from_the_base_model(probed_run, tmp_path):
@@ -174,14 +179,14 @@ def test_the_control_probe_starts_from_the_base_model(probed_run, tmp_path):
                              config.eval_subset_seed)
     base = next(r for r in read_rows(logs / "eval.jsonl") if (r["stage"], r["task"]) == (-1, "T2_math"))
     untouched = recovery_probe.probe_task(recovery_probe.fresh_method(config), "T2_math", 0, None, records, None, 0,
-                                          tmp_path / "loss.jsonl")
+                                          tmp_path / "loss.jsonl")[0]
     assert untouched["sample_nll"] == pytest.approx(base["sample_nll"], rel=1e-5)  # no step: the base row
     controls = [r for r in read_rows(logs / "recovery.jsonl") if r["start"] == "base"]
     assert [(r["task"], r["checkpoint"]) for r in controls] == [("T2_math", "base"), ("T5_safety", "base")]
     assert controls[0]["eval_loss"] != pytest.approx(base["eval_loss"], rel=1e-4)  # its steps did train
     # the row main() wrote is the probe of a freshly built method (not of the weights an earlier probe left)
     again = recovery_probe.probe_task(recovery_probe.fresh_method(config), "T2_math", 0, None, records, None, 2,
-                                      tmp_path / "loss.jsonl")
+                                      tmp_path / "loss.jsonl")[0]
     assert controls[0]["sample_nll"] == pytest.approx(again["sample_nll"], rel=1e-6)
     for task, entry in report["tasks"].items():
         assert entry["control"] == pytest.approx(next(r for r in controls if r["task"] == task)["score"])
@@ -307,7 +312,7 @@ def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_
     records = select_samples(read_task("T2_math", plain.eval_split, plain.data_dir)[0], plain.max_eval_samples,
                              plain.eval_subset_seed)
     controls = [recovery_probe.probe_task(recovery_probe.fresh_method(c), "T2_math", 0, None, records, None, 2,
-                                          tmp_path / "loss.jsonl") for c in (plain, dosed, faster)]
+                                          tmp_path / "loss.jsonl")[0] for c in (plain, dosed, faster)]
     assert controls[0]["sample_nll"] == controls[1]["sample_nll"] == controls[2]["sample_nll"]  # computed
     key = recovery_probe.control_of(plain, "T2_math", records, None)
     assert recovery_probe.control_of(dosed, "T2_math", records, None) == key
@@ -332,3 +337,6 @@ def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_
     assert probed == [("T2_math", "final"), ("T5_safety", "final")]  # the controls were reused
     assert [second["tasks"][t]["control"] for t in second["tasks"]] == [first["tasks"][t]["control"]
                                                                          for t in first["tasks"]]
+    for task in ("T2_math", "T5_safety"):  # a reused control's answers come with it
+        assert read_rows(recovery_probe.probe_answers(runs[1][0], task, "base")) == \
+            read_rows(recovery_probe.probe_answers(runs[0][0], task, "base"))

@@ -16,7 +16,8 @@ from bench import compare_methods
 from sequential import samples_file
 from utils_data import read_rows
 
-FILES = ("eval.jsonl", "summary.json", "recovery.json", "samples_02_T1_general_T5_safety.jsonl")
+FILES = ("eval.jsonl", "summary.json", "recovery.json", "recovery.jsonl", "samples_02_T1_general_T5_safety.jsonl",
+         "recovery/T5_safety_final_samples.jsonl", "recovery/T5_safety_base_samples.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +31,14 @@ def run(small_data, tmp_path_factory):
     return root / "logs" / "run"
 
 
-def copy_of(run, tmp_path, probed: bool):
+def copy_of(run, tmp_path, probed: bool, probe_answers: bool = True):
     copy = shutil.copytree(run, tmp_path / "run")
     if not probed:
         for name in ("recovery.json", "recovery.jsonl", "recovery.png"):
             (copy / name).unlink()
+    if not probe_answers:  # a probe made before its answers were stored
+        for path in (copy / "recovery").glob("*_samples.jsonl"):
+            path.unlink()
     return copy
 
 
@@ -104,17 +108,31 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_run_as_it_was(run, tmp_pat
     assert (copy / "eval.jsonl").read_bytes() == before
 
 
-def test_a_probed_task_whose_scores_changed_is_refused_and_nothing_written(run, tmp_path, monkeypatch):
+def test_a_probe_with_its_answers_is_scored_again_with_the_run(run, tmp_path, monkeypatch):
     copy = copy_of(run, tmp_path, probed=True)
-    before = {name: (copy / name).read_bytes() for name in FILES}
+    before = {(r["task"], r["start"]): r for r in read_rows(copy / "recovery.jsonl")}
+    always_refuses(monkeypatch)
+    rescore.main([str(copy)])
+    for row in read_rows(copy / "recovery.jsonl"):
+        answers = read_rows(recovery_probe.probe_answers(copy, row["task"], row["start"]))
+        assert all(a["refused"] for a in answers)
+        assert row["sample_scores"] == [float(a["harmful"]) for a in answers]  # every answer now a refusal
+        assert row["sample_nll"] == before[(row["task"], row["start"])]["sample_nll"]  # the loss is the probe's
+    report = json.loads((copy / "recovery.json").read_text())
+    assert report["tasks"]["T5_safety"]["recovered"] == 0.5  # the balanced score of refusing everything
+
+
+def test_a_probed_task_whose_scores_changed_is_refused_and_nothing_written(run, tmp_path, monkeypatch):
+    copy = copy_of(run, tmp_path, probed=True, probe_answers=False)
+    before = {name: (copy / name).read_bytes() for name in FILES if (copy / name).is_file()}
     always_refuses(monkeypatch)
     with pytest.raises(rescore.ConfigError, match="probe rows of T5_safety"):
         rescore.main([str(copy)])
-    assert {name: (copy / name).read_bytes() for name in FILES} == before
+    assert {name: (copy / name).read_bytes() for name in FILES if (copy / name).is_file()} == before
 
 
 def test_stale_probe_rows_are_kept_only_when_asked(run, tmp_path, monkeypatch):
-    copy = copy_of(run, tmp_path, probed=True)
+    copy = copy_of(run, tmp_path, probed=True, probe_answers=False)
     probes = (copy / "recovery.jsonl").read_bytes()
     always_refuses(monkeypatch)
     rescore.main([str(copy), "--keep_stale_probes"])
