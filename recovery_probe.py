@@ -33,8 +33,9 @@ the same instrument reads every run; a task evaluated with its own fast branch (
 Seeded with config.seed + the task's index: the same run always gives the same probe. Evaluation is method.evaluate,
 the run's own inference rule.
 
-Which tasks: by default every old task whose score fell (d_i > 0); ``--tasks`` names them instead. A task not probed
-keeps its final score as Rec (gain 0: whatever drop a resample draws counts as real).
+Which tasks: by default every old task whose score fell (d_i > 0); ``--tasks`` names them instead. The report reads
+every probe stored for the run's setting, so tasks an earlier ``--tasks`` probed stay in it. A task not probed keeps
+its final score as Rec (gain 0: whatever drop a resample draws counts as real).
 
 The control: the probe trains on the task, so it can also teach what was never known, and illusory_i is an upper
 bound. Each probed task is therefore probed a second time, the same way (steps, samples, seed, optimizer), from the
