@@ -42,9 +42,10 @@ def math_exact_match(record: dict, output: str) -> dict:
 
 
 # ---- T3 code: pass@1 in the sandbox -----------------------------------------------------------------------------
-# A fenced block: its opening fence with any info string ("python", "Python", "py3", "bash"), then its body up to the
-# closing fence, or up to the end of the output when the model stopped without closing it (it still wrote the code).
-FENCED_BLOCK = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", flags=re.DOTALL)
+# A fenced block: its opening fence at the start of a line (as CommonMark has it: a ``` inside a sentence opens
+# nothing) with any info string ("python", "Python", "py3", "bash"), then its body up to the closing fence, or up to
+# the end of the output when the model stopped without closing it (it still wrote the code).
+FENCED_BLOCK = re.compile(r"^[ \t]{0,3}```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", flags=re.DOTALL | re.MULTILINE)
 PYTHON_TAGS = ("", "python", "py", "python3", "py3")
 
 

@@ -49,8 +49,8 @@ lifted the base model's T3 from 0.06 to 0.36, at 1x (the default) they taught no
 
 Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
 has a row of the same setting, every field the probe runs with, is not run again),
-recovery/<task>_<start>_train_loss.jsonl, recovery/<task>_<start>_samples.jsonl (the probe's answers: rescore.py
-scores them again after a metric fix), recovery.json (the split, its controlled reading and the drift with their
+recovery/<task>_<start>_train_loss.jsonl, recovery/<task>_<start>_<setting>_samples.jsonl (the probe's answers:
+rescore.py scores them again after a metric fix), recovery.json (the split, its controlled reading and the drift with their
 intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
 illusory and real parts, and the illusory part beyond the control).
 """
@@ -265,17 +265,17 @@ def probe_row(config, run: Path, rows: dict, task: str, origin: Path | None, set
         gc.collect()  # the probe's model (and the adapters' hooks that refer back to it) before the next loads
         if shared is not None:
             write_whole(shared, dict(summary=summary, samples=samples))
-    write_jsonl(probe_answers(run, task, start), samples)  # what rescore.py scores again after a metric fix
+    write_jsonl(probe_answers(run, task, start, setting), samples)  # what rescore.py scores again after a metric fix
     # laid out as the run's rows: NaN (null in the file) where the probe did not score
     summary["sample_scores"] = laid_out(summary["sample_scores"], positions, len(records))
     return dict(task=task, start=start, checkpoint=str(origin or "base"), setting=setting,
                 **{k: getattr(config, k) for k in PROBE_FIELDS}, **summary)
 
 
-def probe_answers(run: Path, task: str, start: str) -> Path:
-    """The answers of ``task``'s probe from ``start`` (``final`` or ``base``): a line per scored sample, as the
-    run's own samples_*.jsonl."""
-    return run / "recovery" / f"{task_name(task)}_{start}_samples.jsonl"
+def probe_answers(run: Path, task: str, start: str, setting: str) -> Path:
+    """The answers of ``task``'s probe from ``start`` (``final`` or ``base``) under the probe ``setting`` (the row's:
+    one file per recovery.jsonl row): a line per scored sample, as the run's own samples_*.jsonl."""
+    return run / "recovery" / f"{task_name(task)}_{start}_{setting}_samples.jsonl"
 
 
 def control_of(config, task: str, records: list[dict], positions: list[int] | None) -> str:

@@ -11,7 +11,7 @@ in samples_<stage>_<label>_<task>.jsonl. So for each eval.jsonl row of the chose
 
 Then summary.json is rebuilt from the logs (sequential.summary_from_logs), and recovery.json from the probe rows
 already stored (recovery_probe.write_report: nothing is trained). A probe row of a chosen task is scored again the
-same way from its stored answers (recovery/<task>_<start>_samples.jsonl). A probe made before answers were stored
+same way from its stored answers (recovery/<task>_<start>_<setting>_samples.jsonl). A probe made before answers were stored
 cannot be: a run with such probe rows of a task whose scores changed is refused, and nothing of it is written:
 delete those rows and run recovery_probe.py again (it needs the final checkpoint). ``--keep_stale_probes`` keeps
 them instead, for a fix that can only raise scores (a pass the former metric missed): a probe's score is then a lower
@@ -103,10 +103,14 @@ def rescored_probes(run: Path, config, tasks: list[str]) -> tuple[list[dict], di
     not stored (probes from before they were)."""
     records, rows, answers, unanswered = eval_records(config, tasks), [], {}, set()
     for row in read_rows(run / "recovery.jsonl"):
-        path = probe_answers(run, row["task"], row["start"])
+        path = probe_answers(run, row["task"], row["start"], row["setting"])
         if row["task"] in tasks and path.is_file():
+            where = f"{row['task']}'s probe from the {row['start']}"
             fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples,
-                                               f"{row['task']}'s probe from the {row['start']}")
+                                               where)
+            if fresh["score"] != row["score"]:
+                print(f"{run.name}: {where}: {format_score(row['score'], row['score_ci'])} -> "
+                      f"{format_score(fresh['score'], fresh['score_ci'])}")
             # laid out as the run's rows, as recovery_probe.probe_row writes it
             row = dict(fresh, sample_scores=laid_out(fresh["sample_scores"], row.get("sample_positions"),
                                                      len(row["sample_scores"])))

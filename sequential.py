@@ -358,7 +358,8 @@ def summary_from_logs(log_dir: Path, stages: int | None = None) -> dict:
     missing = [f"stage {s} {t}" for s, t in needed if (s, t) not in rows]
     missing += [f"stage {s} record" for s in range(len(kept)) if s not in stage_info]
     if missing:
-        raise FileNotFoundError(f"{log_dir} has not reached stage {last + 1} of its sequence: no {', '.join(missing)}")
+        raise FileNotFoundError(f"{log_dir} lacks evaluations its first {last + 1} stage(s) need (unfinished, or a row "
+                                f"lost): no {', '.join(missing)}")
     return summarize(config, rows, stage_info, kept, log_dir)
 
 

@@ -148,7 +148,7 @@ def read_summary(run: Path, stages: int | None) -> dict:
 
 def run_scores(run: Path, summary: dict) -> tuple[list[list], list[list], list[list[str]]]:
     """A run's per-sample scores of every evaluation, its samples' groups (cl_metrics.run_samples) and each task's
-    sample ids (those its last evaluation scored: every sample of the evaluated subset)."""
+    sample ids (those its last kept evaluation scored)."""
     rows = {(r["stage"], r["task"]): r for r in read_rows(run / "eval.jsonl")}
     last = len(summary["stage_names"]) - 1
     return (*run_samples(rows, summary["tasks"], last + 1),

@@ -186,12 +186,12 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     shutil.copytree(logs / "cmp_t_seq_lora_s1", unfinished)
     base_rows = [line for line in (unfinished / "eval.jsonl").read_text().splitlines() if '"stage": -1' in line]
     (unfinished / "eval.jsonl").write_text("\n".join(base_rows) + "\n")
-    with pytest.raises(FileNotFoundError, match="has not reached stage 1 of its sequence: no stage 0 T2_math"):
+    with pytest.raises(FileNotFoundError, match="its first 1 stage\\(s\\) need .*: no stage 0 T2_math"):
         summary_from_logs(unfinished, 1)
     rows = [json.loads(line) for line in (logs / "cmp_t_seq_lora_s1" / "eval.jsonl").read_text().splitlines()]
     (unfinished / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows  # a middle row lost
                                                    if (r["stage"], r["task"]) != (0, "T2_math")))
-    with pytest.raises(FileNotFoundError, match="has not reached stage 2 of its sequence: no stage 0 T2_math"):
+    with pytest.raises(FileNotFoundError, match="its first 2 stage\\(s\\) need .*: no stage 0 T2_math"):
         summary_from_logs(unfinished)  # its LA, BWT and forgetting read R[0][0]: not NaN figures
     for beyond in (0, 3):  # a sequence of two stages has no first 0 or 3
         with pytest.raises(ValueError, match=f"has 2 stage\\(s\\) for 2 tasks: no sequence of its first {beyond}"):

@@ -162,17 +162,21 @@ def test_the_recovery_probe_trains_gorp_from_an_empty_optimizer(tokenizer, tmp_p
                 None, optimizer_factory=gorp.optimizer, loss_fn=gorp.loss)
     gorp.after_stage(0, ["T2_math"], data)
     assert gorp.carried  # what the sequence's next stage would start from
+    checkpoint = tmp_path / "final"  # as the sequence saves a stage: adapters and the method's state
+    gorp.dslora.save(checkpoint / "adapters.safetensors")
+    torch.save(gorp.state_dict(), checkpoint / "method_state.pt")
+    probed = method("gorp", tokenizer)
 
     class Started(Exception):
         pass
 
     def first_step(model, dslora, loader, config, steps, log_path, device, amp_dtype, optimizer_factory, **_):
         optimizer = optimizer_factory()
-        raise Started([optimizer.state[w] for w in gorp.full_rank_weights()])
+        raise Started([optimizer.state[w] for w in probed.full_rank_weights()])
 
     monkeypatch.setattr(recovery_probe, "train_stage", first_step)
-    with pytest.raises(Started) as started:
-        recovery_probe.probe_task(gorp, "T2_math", 0, None, [], None, 2, tmp_path / "probe.jsonl")
+    with pytest.raises(Started) as started:  # the probe loads the checkpoint (and its moments), then trains
+        recovery_probe.probe_task(probed, "T2_math", 0, checkpoint, [], None, 2, tmp_path / "probe.jsonl")
     assert all(not state for state in started.value.args[0])
 
 

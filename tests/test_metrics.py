@@ -204,6 +204,7 @@ def test_code_pass_at_1_good_bad_and_fenced():
     "```Python\ndef add(a, b):\n    return a + b\n```",  # any case of the tag
     "```python3\ndef add(a, b):\n    return a + b\n```",
     "Install nothing:\n```bash\necho ok\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```",  # the Python block
+    "Use ``` to fence code.\n```python\ndef add(a, b):\n    return a + b\n```",  # a ``` inside a sentence opens nothing
 ])
 def test_code_blocks_are_found_however_fenced(output):
     assert metrics.score_sample(CODE, output)["score"] == 1.0

@@ -167,7 +167,7 @@ def test_probe_trains_the_tasks_own_weights_from_the_final_checkpoint(probed_run
     row = read_rows(logs / "recovery.jsonl")[0]
     assert (row["task"], row["start"]) == ("T2_math", "final")
     assert row["sample_nll"] == pytest.approx(probed["sample_nll"], rel=1e-6)
-    answers = read_rows(recovery_probe.probe_answers(logs, "T2_math", "final"))  # kept for rescore.py
+    answers = read_rows(recovery_probe.probe_answers(logs, "T2_math", "final", row["setting"]))  # for rescore.py
     assert [a["id"] for a in answers] == [r["id"] for r in records]
     assert [a["score"] for a in answers] == row["sample_scores"]
 
@@ -283,7 +283,8 @@ def test_a_missing_run_or_checkpoint_is_a_one_line_error(probed_run, tmp_path):
         recovery_probe.main(["--run", str(lost), *PROBE])
 
 
-def test_a_probe_on_other_samples_than_the_run_s_is_refused_before_training(probed_run, small_data, tmp_path):
+def test_a_probe_on_other_samples_than_the_run_s_is_refused_before_training(probed_run, small_data, tmp_path,
+                                                                            monkeypatch):
     """Same count and strata (T2 has no groups), other samples: the guard compares the samples' ids."""
     other = tmp_path / "data"
     shutil.copytree(small_data, other)
@@ -292,6 +293,7 @@ def test_a_probe_on_other_samples_than_the_run_s_is_refused_before_training(prob
     run = tmp_path / "run"
     shutil.copytree(probed_run[0], run)
     (run / "recovery.jsonl").unlink()
+    monkeypatch.setattr(recovery_probe, "train_stage", lambda *args, **kwargs: pytest.fail("the probe trained"))
     with pytest.raises(ConfigError, match="T2_math: the probe would evaluate other samples than the run"):
         recovery_probe.main(["--run", str(run), *PROBE, "--data_dir", str(other)])
 
@@ -337,6 +339,7 @@ def test_runs_that_differ_only_in_slsd_fields_share_one_control(probed_run, tmp_
     assert probed == [("T2_math", "final"), ("T5_safety", "final")]  # the controls were reused
     assert [second["tasks"][t]["control"] for t in second["tasks"]] == [first["tasks"][t]["control"]
                                                                          for t in first["tasks"]]
+    settings = [read_rows(run / "recovery.jsonl")[0]["setting"] for run, _ in runs]
     for task in ("T2_math", "T5_safety"):  # a reused control's answers come with it
-        assert read_rows(recovery_probe.probe_answers(runs[1][0], task, "base")) == \
-            read_rows(recovery_probe.probe_answers(runs[0][0], task, "base"))
+        assert read_rows(recovery_probe.probe_answers(runs[1][0], task, "base", settings[1])) == \
+            read_rows(recovery_probe.probe_answers(runs[0][0], task, "base", settings[0]))

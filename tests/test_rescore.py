@@ -16,8 +16,12 @@ from bench import compare_methods
 from sequential import samples_file
 from utils_data import read_rows
 
-FILES = ("eval.jsonl", "summary.json", "recovery.json", "recovery.jsonl", "samples_02_T1_general_T5_safety.jsonl",
-         "recovery/T5_safety_final_samples.jsonl", "recovery/T5_safety_base_samples.jsonl")
+FILES = ("eval.jsonl", "summary.json", "recovery.json", "recovery.jsonl", "samples_02_T1_general_T5_safety.jsonl")
+
+
+def probe_answer_files(run) -> dict:
+    """The probes' stored answers (recovery_probe.probe_answers), {name: bytes}."""
+    return {path.name: path.read_bytes() for path in sorted((run / "recovery").glob("*_samples.jsonl"))}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,11 @@ def always_refuses(monkeypatch):
 def test_unchanged_metrics_write_the_same_files(run, tmp_path):
     copy = copy_of(run, tmp_path, probed=True)
     before = {name: (copy / name).read_bytes() for name in FILES}
+    answers = probe_answer_files(copy)
+    assert len(answers) == 2  # the probe's and its control's
     rescore.main([str(copy)])
     after = {name: (copy / name).read_bytes() for name in FILES}
+    assert probe_answer_files(copy) == answers
     summary = json.loads(after.pop("summary.json"))
     assert summary.pop("log_dir") == str(copy)  # the run's summary names its folder: here the copy's
     assert summary == {k: v for k, v in json.loads(before.pop("summary.json")).items() if k != "log_dir"}
@@ -110,16 +117,40 @@ def test_bad_input_is_a_one_line_error_and_leaves_the_run_as_it_was(run, tmp_pat
 
 def test_a_probe_with_its_answers_is_scored_again_with_the_run(run, tmp_path, monkeypatch):
     copy = copy_of(run, tmp_path, probed=True)
-    before = {(r["task"], r["start"]): r for r in read_rows(copy / "recovery.jsonl")}
-    always_refuses(monkeypatch)
+    recovery_probe.main(["--run", str(copy), "--tasks", "T5_safety", "--recovery_steps", "2"])  # a second setting
+    before = {(r["task"], r["start"], r["setting"]): r for r in read_rows(copy / "recovery.jsonl")}
+    assert len(before) == 4 and len(probe_answer_files(copy)) == 4  # each row its own answers
+    monkeypatch.setitem(metrics.METRICS, "refusal", lambda record, output: dict(score=float(len(output) % 2),
+                                                                                 format_ok=True))
     rescore.main([str(copy)])
     for row in read_rows(copy / "recovery.jsonl"):
-        answers = read_rows(recovery_probe.probe_answers(copy, row["task"], row["start"]))
-        assert all(a["refused"] for a in answers)
-        assert row["sample_scores"] == [float(a["harmful"]) for a in answers]  # every answer now a refusal
-        assert row["sample_nll"] == before[(row["task"], row["start"])]["sample_nll"]  # the loss is the probe's
+        answers = read_rows(recovery_probe.probe_answers(copy, row["task"], row["start"], row["setting"]))
+        assert row["sample_scores"] == [float(len(a["output"]) % 2) for a in answers]  # its own answers, rescored
+        assert row["sample_nll"] == before[(row["task"], row["start"], row["setting"])]["sample_nll"]  # its loss
+    monkeypatch.undo()
+    always_refuses(monkeypatch)
+    rescore.main([str(copy), "--tasks", "T5_safety"])
     report = json.loads((copy / "recovery.json").read_text())
     assert report["tasks"]["T5_safety"]["recovered"] == 0.5  # the balanced score of refusing everything
+
+
+def test_a_probe_scored_on_a_subset_is_laid_out_as_the_run_s_rows(small_data, tmp_path, monkeypatch):
+    """With early_eval_samples the probe scores the fixed subset; rescored, its scores stay laid out on every
+    evaluated sample (None where it did not score), as recovery_probe writes them and the split reads them."""
+    logs = tmp_path / "logs"
+    train_slsd_seq.main(["--preset", "smoke", "--data_dir", str(small_data), "--tasks", "T5_safety,T1_general",
+                         "--method", "ds_lora", "--max_steps", "1", "--save_every", "0", "--no_plots",
+                         "--early_eval_samples", "2", "--log_dir", str(logs), "--checkpoint_dir", str(tmp_path / "ckpt"),
+                         "--run_name", "run"])
+    recovery_probe.main(["--run", str(logs / "run"), "--tasks", "T5_safety", "--recovery_steps", "1"])
+    always_refuses(monkeypatch)
+    rescore.main([str(logs / "run")])
+    for row in read_rows(logs / "run" / "recovery.jsonl"):
+        answers = read_rows(recovery_probe.probe_answers(logs / "run", row["task"], row["start"], row["setting"]))
+        positions = row["sample_positions"]
+        assert len(positions) == len(answers) == 2 and len(row["sample_scores"]) == 4
+        assert [row["sample_scores"][p] for p in positions] == [float(a["harmful"]) for a in answers]
+        assert all(row["sample_scores"][p] is None for p in set(range(4)) - set(positions))
 
 
 def test_a_probed_task_whose_scores_changed_is_refused_and_nothing_written(run, tmp_path, monkeypatch):
