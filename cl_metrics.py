@@ -151,7 +151,8 @@ def draw_samples(groups, resamples: int, rng: np.random.Generator) -> np.ndarray
 def interval(values) -> list[float]:
     """The percentile interval [lo, hi] at CONFIDENCE of bootstrap values. A NaN value is a resample that drew
     none of the samples a subset row scored (config.early_eval_samples; with 50 of 100 samples about 0.5^100, 1e-30,
-    of them; T5's 22 of 44 benign prompts about 1e-13): it is left out, i.e. the interval is conditioned on drawing at least one."""
+    of them; T5's 22 of 44 benign prompts about 1e-13): it is left out, i.e. the interval is conditioned on drawing
+    at least one."""
     tail = 100 * (1 - CONFIDENCE) / 2
     return [float(v) for v in np.nanpercentile(values, [tail, 100 - tail])]
 

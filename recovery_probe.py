@@ -40,7 +40,8 @@ its final score as Rec (gain 0: whatever drop a resample draws counts as real).
 The control: the probe trains on the task, so it can also teach what was never known, and illusory_i is an upper
 bound. Each probed task is therefore probed a second time, the same way (steps, samples, seed, optimizer), from the
 base model (the run's method built afresh: its adapters contribute 0) -> Ctrl[i], and the part brought back beyond
-what the probe teaches from scratch, illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, max(d_i, 0))
+what the probe teaches from scratch,
+    illusory_controlled_i = clip(gain_i − max(Ctrl[i] − base[i], 0), 0, max(d_i, 0))
 (cl_metrics.forgetting_split), is reported beside it: the illusory part lies between the two. With
 ``shared_base_dir`` the control is stored there and reused by every run that would compute the same one
 (base_cache.control_key: runs that differ only in SLSD's or the schedule's fields, or in their learning rates,
@@ -50,8 +51,8 @@ lifted the base model's T3 from 0.06 to 0.36, at 1x (the default) they taught no
 Writes logs/<run>/recovery.jsonl (one row per probed task and start, ``final`` or ``base``; resumable: a probe that
 has a row of the same setting, every field the probe runs with, is not run again),
 recovery/<task>_<start>_train_loss.jsonl, recovery/<task>_<start>_<setting>_samples.jsonl (the probe's answers:
-rescore.py scores them again after a metric fix), recovery.json (the split, its controlled reading and the drift with their
-intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
+rescore.py scores them again after a metric fix), recovery.json (the split, its controlled reading and the drift
+with their intervals) and recovery.png (per task: best, final, after-probe and control scores; the drop split into its
 illusory and real parts, and the illusory part beyond the control).
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ in samples_<stage>_<label>_<task>.jsonl. So for each eval.jsonl row of the chose
 
 Then summary.json is rebuilt from the logs (sequential.summary_from_logs), and recovery.json from the probe rows
 already stored (recovery_probe.write_report: nothing is trained). A probe row of a chosen task is scored again the
-same way from its stored answers (recovery/<task>_<start>_<setting>_samples.jsonl). A probe made before answers were stored
-cannot be: a run with such probe rows of a task whose scores changed is refused, and nothing of it is written:
+same way from its stored answers (recovery/<task>_<start>_<setting>_samples.jsonl). A probe made before answers were
+stored cannot be: a run with such probe rows of a task whose scores changed is refused, and nothing of it is written:
 delete those rows and run recovery_probe.py again (it needs the final checkpoint). ``--keep_stale_probes`` keeps
 them instead, for a fix that can only raise scores (a pass the former metric missed): a probe's score is then a lower
 bound, and so is its illusory part; the runs' evaluation rows, which every paired figure reads, all follow today's
@@ -77,12 +77,12 @@ def eval_records(config, tasks: list[str]) -> dict[str, dict[str, dict]]:
     return {t: {r["id"]: r for r in rows} for t, rows in records.items()}
 
 
-def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
-    """The run's eval.jsonl rows with those of ``tasks`` scored again, their answers' rows by file, and the tasks
-    whose scores or format changed (one line printed per evaluation whose answers scored differently)."""
-    records, rows, answers, changed = eval_records(config, tasks), [], {}, set()
+def rescored_rows(run: Path, config, records: dict) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
+    """The run's eval.jsonl rows of the tasks in ``records`` (eval_records) scored again, their answers' rows by file,
+    and the tasks whose scores or format changed (one line printed per evaluation whose answers scored differently)."""
+    rows, answers, changed = [], {}, set()
     for row in read_rows(run / "eval.jsonl"):
-        if row["task"] in tasks:
+        if row["task"] in records:
             path = samples_file(run, row, exists=True)
             fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples,
                                                f"{row['task']} after {row['stage_name']}")
@@ -97,14 +97,14 @@ def rescored_rows(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict
     return rows, answers, changed
 
 
-def rescored_probes(run: Path, config, tasks: list[str]) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
-    """The run's recovery.jsonl rows with those of ``tasks`` scored again from their stored answers
-    (recovery_probe.probe_answers), those answers' rows by file, and the tasks with a probe row whose answers were
-    not stored (probes from before they were)."""
-    records, rows, answers, unanswered = eval_records(config, tasks), [], {}, set()
+def rescored_probes(run: Path, config, records: dict) -> tuple[list[dict], dict[Path, list[dict]], set[str]]:
+    """The run's recovery.jsonl rows (none without the file) of the tasks in ``records`` scored again from their
+    stored answers (recovery_probe.probe_answers), those answers' rows by file, and the tasks with a probe row whose
+    answers were not stored (probes from before they were)."""
+    rows, answers, unanswered = [], {}, set()
     for row in read_rows(run / "recovery.jsonl"):
         path = probe_answers(run, row["task"], row["start"], row["setting"])
-        if row["task"] in tasks and path.is_file():
+        if row["task"] in records and path.is_file():
             where = f"{row['task']}'s probe from the {row['start']}"
             fresh, answers[path] = rescore_row(row, read_rows(path), records[row["task"]], config.bootstrap_resamples,
                                                where)
@@ -114,7 +114,7 @@ def rescored_probes(run: Path, config, tasks: list[str]) -> tuple[list[dict], di
             # laid out as the run's rows, as recovery_probe.probe_row writes it
             row = dict(fresh, sample_scores=laid_out(fresh["sample_scores"], row.get("sample_positions"),
                                                      len(row["sample_scores"])))
-        elif row["task"] in tasks:
+        elif row["task"] in records:
             unanswered.add(row["task"])
         rows.append(row)
     return rows, answers, unanswered
@@ -132,10 +132,10 @@ def rescore_run(run: Path, tasks: list[str] | None, archive: Path | None, keep_s
     summary_from_logs(run)  # a run that has not finished raises here, before anything is written
     probe = probe_config(run) if (run / "recovery.json").is_file() else None
     chosen = tasks or config.tasks
-    rows, answers, changed = rescored_rows(run, config, chosen)
+    records = eval_records(config, chosen)
+    rows, answers, changed = rescored_rows(run, config, records)
     probes = run / "recovery.jsonl"
-    probe_rows, probe_answered, unanswered = rescored_probes(run, config, chosen) if probes.is_file() else ([], {},
-                                                                                                           set())
+    probe_rows, probe_answered, unanswered = rescored_probes(run, config, records)
     stale = changed & unanswered
     if stale and not keep_stale_probes:
         raise ConfigError(f"{probes} holds probe rows of {', '.join(sorted(stale))}, whose scores changed, without "

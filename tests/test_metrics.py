@@ -203,7 +203,8 @@ def test_code_pass_at_1_good_bad_and_fenced():
     "```python\ndef add(a, b):\n    return a + b",  # the model stopped without closing the fence
     "```Python\ndef add(a, b):\n    return a + b\n```",  # any case of the tag
     "```python3\ndef add(a, b):\n    return a + b\n```",
-    "Install nothing:\n```bash\necho ok\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```",  # the Python block
+    # the Python block, not the bash one before it
+    "Install nothing:\n```bash\necho ok\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```",
     "Use ``` to fence code.\n```python\ndef add(a, b):\n    return a + b\n```",  # a ``` inside a sentence opens nothing
 ])
 def test_code_blocks_are_found_however_fenced(output):

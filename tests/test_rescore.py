@@ -140,8 +140,8 @@ def test_a_probe_scored_on_a_subset_is_laid_out_as_the_run_s_rows(small_data, tm
     logs = tmp_path / "logs"
     train_slsd_seq.main(["--preset", "smoke", "--data_dir", str(small_data), "--tasks", "T5_safety,T1_general",
                          "--method", "ds_lora", "--max_steps", "1", "--save_every", "0", "--no_plots",
-                         "--early_eval_samples", "2", "--log_dir", str(logs), "--checkpoint_dir", str(tmp_path / "ckpt"),
-                         "--run_name", "run"])
+                         "--early_eval_samples", "2", "--log_dir", str(logs),
+                         "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_name", "run"])
     recovery_probe.main(["--run", str(logs / "run"), "--tasks", "T5_safety", "--recovery_steps", "1"])
     always_refuses(monkeypatch)
     rescore.main([str(logs / "run")])
