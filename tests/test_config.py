@@ -66,3 +66,28 @@ def test_script_prints_one_line_error_and_exits_2():
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "train_single_task.py: error: config field 'lr_fast' expects float, got 'quick'"
+
+
+def test_config_json_is_never_seen_half_written(tmp_path):
+    """The other processes of a distributed run read config.json (sequential.prepare_run) while the main process
+    writes it: every read, however it interleaves with the writes, sees the whole file or none."""
+    import threading
+
+    from configs.base_config import save_config
+    from sequential import config_changes
+
+    config, path, done = build_config("smoke"), tmp_path / "run" / "config.json", threading.Event()
+
+    def write() -> None:
+        for _ in range(400):
+            save_config(config, path)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while not done.is_set():
+        assert config_changes(path, config) == {}  # a partial file raises JSONDecodeError or reads as a change
+        reads += 1
+    writer.join()
+    assert reads > 0 and not list(path.parent.glob("*.partial"))

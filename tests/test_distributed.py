@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,17 @@ def launch(args: list[str], processes: int) -> None:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *args]
         env["ACCELERATE_USE_CPU"] = "1"
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done.stderr)
+
+
+def failure(stderr: str) -> str:
+    """The end of each rank's own traceback (torchrun prefixes its lines "[rankN]:"; the rank that failed first is
+    not always the last to print), then the end of stderr."""
+    ranks: dict[str, list[str]] = {}
+    for line in stderr.splitlines():
+        if rank := re.match(r"\[rank(\d+)\]:", line):
+            ranks.setdefault(rank[1], []).append(line)
+    return "\n".join(line for lines in ranks.values() for line in lines[-10:]) + "\n...\n" + stderr[-1500:]
 
 
 def run(tmp_path: Path, data: Path, name: str, processes: int) -> tuple[dict, list[dict], dict]:
