@@ -24,14 +24,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import transformers
 
 from models.loading import resolve_model_path
-from utils_data import json_ready, task_name
+from utils_data import json_ready, task_name, write_whole_text
 
 ROOT = Path(__file__).resolve().parent
 # Config fields a base-model evaluation depends on (the model, which samples, how answers are generated and
@@ -127,7 +126,4 @@ def store_base(config, task: str, key: str, summary: dict, samples: list[dict]) 
 
 def write_whole(path: Path, value) -> None:
     """``value`` as strict JSON, written whole (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs storing the same row at once do not mix
-    tmp.write_text(json.dumps(json_ready(value), ensure_ascii=False, allow_nan=False))
-    tmp.replace(path)
+    write_whole_text(path, json.dumps(json_ready(value), ensure_ascii=False, allow_nan=False))

@@ -106,13 +106,18 @@ def read_jsonl(path: str | Path, skip_bad_lines: bool = False, limit: int = 0) -
     return records, problems
 
 
+def write_whole_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file renamed into place: a reader (another process, a resumed run) sees
+    the whole file or none, and two processes writing the same file at once do not mix (one temporary each)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def write_jsonl(path: Path, records: list[dict], ensure_ascii: bool = False) -> None:
     """Atomic write: a half-written file is never taken as complete. Strict JSON (a NaN raises)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=ensure_ascii, allow_nan=False) + "\n" for r in records),
-                   encoding="utf-8")
-    tmp.replace(path)
+    write_whole_text(path, "".join(json.dumps(r, ensure_ascii=ensure_ascii, allow_nan=False) + "\n" for r in records))
 
 
 def decode_line(raw: bytes, lineno: int) -> str:

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import difflib
 import json
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -392,10 +391,9 @@ def save_config(config: Config, path: Path) -> None:
     """Write the resolved config as JSON (the run's record of every knob), atomically: the other processes of a
     distributed run read it while the main process writes it (sequential.prepare_run), and a reader must see the
     whole file or none (a half-written one failed a 2-process run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    os.replace(partial, path)
+    from utils_data import write_whole_text  # here, not at the top: utils_data imports torch, this module does not
+
+    write_whole_text(path, json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
 def field_help() -> str:
