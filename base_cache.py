@@ -88,9 +88,9 @@ def digest(head: list, config, source: tuple[str, ...], records) -> str:
 # differ only in these (ds_lora and ds_lora_slsd, SLSD's dose variants) share a control (tests/test_recovery.py
 # checks that such controls are equal when computed).
 CONTROL_FREE = ("run_name", "log_dir", "checkpoint_dir", "log_every", "export_peft", "save_every", "report_to",
-                "max_steps", "epochs", "lr_schedule", "warmup_ratio", "eval_scope", "use_slsd", "probe_size",
-                "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature", "kd_every",
-                "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "shared_base_dir")
+                "max_steps", "task_max_steps", "epochs", "lr_schedule", "warmup_ratio", "eval_scope", "use_slsd",
+                "probe_size", "probe_candidates", "entropy_quantile", "teacher_topk", "kd_lambda", "kd_temperature",
+                "kd_every", "kd_batch_size", "kd_branches", "probe_selection", "fast_mode", "shared_base_dir")
 
 
 def control_key(config, method_class: str, task: str, records: list, layout: dict) -> str:

@@ -29,7 +29,8 @@ from transformers import set_seed
 
 from base_cache import base_key, base_path, load_base, store_base
 from cl_metrics import figures_with_ci, format_score, run_samples
-from configs.base_config import PROBE_FIELDS, Config, ConfigError, build_config, config_digest, save_config
+from configs.base_config import (PROBE_FIELDS, Config, ConfigError, build_config, config_digest, recorded_fields,
+                                 save_config)
 from distributed import make_accelerator, tracker_config
 from evaluation import CUTOFF_FLAG, select_samples, subset_positions
 from methods import make_method, method_class
@@ -52,10 +53,12 @@ def run_name(config: Config) -> str:
 def config_changes(saved: Path, config: Config) -> dict[str, tuple]:
     """{field: (saved value, value in ``config``)} for each field where a run's saved config.json differs from
     ``config``; empty when they are the same or nothing is saved. The probe's fields (PROBE_FIELDS) are not the
-    run's: a run saved before one of them existed, or with other values, is the same run."""
+    run's: a run saved before one of them existed, or with other values, is the same run; so is one saved before a
+    LATER_FIELDS field existed, when ``config`` has that field at its default."""
     if not saved.is_file():
         return {}
-    old, new = json.loads(saved.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
+    old = recorded_fields(json.loads(saved.read_text()))
+    new = recorded_fields(json.loads(json.dumps(dataclasses.asdict(config))))
     return {k: (old.get(k, "(absent)"), new.get(k, "(absent)")) for k in sorted(old.keys() | new.keys())
             if k not in PROBE_FIELDS and (k not in old or k not in new or old[k] != new[k])}
 
@@ -254,7 +257,8 @@ class Sequence:
                     atomic_dir(partial, write)
 
         loader = self.method.train_loader(stage, train)
-        steps = num_optimizer_steps(config, len(loader)) * (len(tasks) if config.max_steps else 1)  # max_steps is per task
+        # a budget per task: a stage of several tasks (multitask) trains for the sum of theirs
+        steps = sum(config.task_steps(t) for t in tasks) or num_optimizer_steps(config, len(loader))
         stats = train_stage(self.model, self.dslora, loader, config, steps, self.log_dir / "train_loss.jsonl",
                             self.device, self.amp_dtype, desc=f"stage {stage + 1}/{len(self.stages)} {name}",
                             step_offset=sum(s["optimizer_steps"] for s in self.stage_info.values()),

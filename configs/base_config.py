@@ -22,6 +22,10 @@ DEFAULT_TASKS = ["T1_general", "T2_math", "T3_code", "T4_tool", "T5_safety"]
 # Fields only recovery_probe.py reads (a run never does): compare_methods passes them to the probe, not to the runs,
 # and a finished run whose saved config differs from a new one only in these is the same run (sequential.py).
 PROBE_FIELDS = ("recovery_steps", "recovery_samples", "recovery_lr_scale")
+# Fields added after runs were archived (bench/runs/). At its default such a field means what the config meant before
+# it existed, so a config's digest and its comparison with a saved config.json leave it out while at its default:
+# archived runs keep their names and probe settings, and stay the same run (recorded_fields).
+LATER_FIELDS = ("task_max_steps",)
 # Every learning rate a method's optimizer reads; the probe sets each to its Config default x recovery_lr_scale.
 PROBE_LR_FIELDS = ("lr_slow", "lr_fast", "lr_lora", "gorp_lr")
 
@@ -59,6 +63,7 @@ class Config:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
     max_steps: int = 20  # optimizer steps per task (CPU-sized default); 0 = derive from epochs
+    task_max_steps: dict[str, int] = field(default_factory=dict)  # optimizer steps of the named tasks instead of max_steps (needs max_steps > 0): {"T2_math": 120}, on the command line T2_math:120,T3_code:24; read by Config.task_steps (a sequence's stages, a single-task run)
     max_seq_len: int = 512  # tokens per sample after truncation
     group_by_length: bool = False  # batch samples of similar length together (less padding)
     max_nonfinite_in_row: int = 10  # abort after this many consecutive non-finite losses (each one is skipped and counted)
@@ -141,6 +146,8 @@ class Config:
             ("grad_accum_steps", self.grad_accum_steps >= 1, "must be >= 1"),
             ("epochs", self.epochs > 0 or self.max_steps > 0, "must be > 0 when max_steps is 0"),
             ("max_steps", self.max_steps >= 0, "must be >= 0"),
+            ("task_max_steps", not self.task_max_steps or self.max_steps > 0, "needs max_steps > 0 (a budget in steps)"),
+            ("task_max_steps", all(n >= 1 for n in self.task_max_steps.values()), "must give each task >= 1 step"),
             ("max_seq_len", self.max_seq_len >= 8, "must be >= 8"),
             ("precision", self.precision in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
             ("base_dtype", self.base_dtype in ("auto", "fp32", "bf16", "fp16"), "must be auto, fp32, bf16 or fp16"),
@@ -180,6 +187,11 @@ class Config:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"config field '{name}' {rule}, got {getattr(self, name)!r}")
+
+    def task_steps(self, task: str) -> int:
+        """The optimizer steps ``task`` trains for: task_max_steps[task] where it names the task, else max_steps
+        (0: the budget comes from epochs, training.num_optimizer_steps)."""
+        return self.task_max_steps.get(task, self.max_steps)
 
 
 # --method names that are DS-LoRA + SLSD with some fields changed (the ablations); these fields win over every layer.
@@ -256,6 +268,11 @@ def coerce(name: str, value: Any, kind: Any) -> Any:
         if origin is list:
             items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
             return [coerce(name, v, typing.get_args(kind)[0]) for v in items]
+        if origin is dict:  # {"a": 1} from a file, "a:1,b:2" from the command line
+            pairs = ([v.split(":") for v in value.split(",") if v.strip()] if isinstance(value, str)
+                     else list(value.items()))
+            key_kind, value_kind = typing.get_args(kind)
+            return {coerce(name, k, key_kind).strip(): coerce(name, v, value_kind) for k, v in pairs}
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -279,7 +296,7 @@ def coerce(name: str, value: Any, kind: Any) -> Any:
             return str(value)
     except (ValueError, TypeError, AttributeError):
         pass
-    type_name = getattr(kind, "__name__", str(kind))
+    type_name = "KEY:VALUE,KEY:VALUE" if origin is dict else getattr(kind, "__name__", str(kind))
     raise ConfigError(f"config field '{name}' expects {type_name}, got {value!r}")
 
 
@@ -382,9 +399,18 @@ def parse_config(parser, argv: list[str] | None = None):
     return args, config
 
 
+def recorded_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """A config's fields (``dataclasses.asdict`` or a saved config.json) without the LATER_FIELDS at their default."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(Config) if f.name in LATER_FIELDS}
+    return {k: v for k, v in values.items() if not (k in defaults and v == defaults[k])}
+
+
 def config_digest(config: Config, length: int = 12) -> str:
-    """A short digest of every field's value: the same config, the same digest (run names, probe settings)."""
-    return hashlib.sha1(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:length]
+    """A short digest of every field's value (LATER_FIELDS at their default left out): the same config, the same
+    digest (run names, probe settings)."""
+    fields = recorded_fields(dataclasses.asdict(config))
+    return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -1,6 +1,7 @@
 """configs/base_config: presets, files, overrides and their one-line errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -31,6 +32,51 @@ def test_defaults_presets_and_precedence(tmp_path):
 def test_list_and_bool_overrides():
     config = build_config(overrides=parse_overrides(["--tasks=T1_general,T5_safety", "--use_slsd", "false"]))
     assert config.tasks == ["T1_general", "T5_safety"] and config.use_slsd is False
+
+
+def test_task_budgets_from_the_command_line_and_a_file(tmp_path):
+    config = build_config(overrides=parse_overrides(["--task_max_steps", "T2_math:120, T3_code:24"]))
+    assert config.task_max_steps == {"T2_math": 120, "T3_code": 24}
+    assert (config.task_steps("T2_math"), config.task_steps("T1_general")) == (120, config.max_steps)
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"task_max_steps": {"T2_math": 60}}))
+    assert build_config(config_file=str(file)).task_max_steps == {"T2_math": 60}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"task_max_steps": "T2_math"}, "config field 'task_max_steps' expects KEY:VALUE,KEY:VALUE, got 'T2_math'"),
+    ({"task_max_steps": "T2_math:many"}, "config field 'task_max_steps' expects KEY:VALUE,KEY:VALUE, got "
+                                         "'T2_math:many'"),
+    ({"task_max_steps": "T2_math:0"}, "config field 'task_max_steps' must give each task >= 1 step, got "
+                                      "{'T2_math': 0}"),
+    ({"task_max_steps": "T2_math:5", "max_steps": "0"}, "config field 'task_max_steps' needs max_steps > 0 (a "
+                                                        "budget in steps), got {'T2_math': 5}"),
+])
+def test_bad_task_budgets_raise_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(overrides=overrides)
+    assert str(err.value) == message
+
+
+def test_a_run_saved_before_a_later_field_existed_is_the_same_run(tmp_path):
+    """LATER_FIELDS at their default leave a config's digest (run names, probe settings) and its comparison with an
+    archived config.json as they were before the field existed; set, they make another run."""
+    import dataclasses
+
+    from configs.base_config import config_digest, save_config
+    from sequential import config_changes
+
+    config, path = build_config("smoke"), tmp_path / "config.json"
+    save_config(config, path)
+    archived = json.loads(path.read_text())
+    del archived["task_max_steps"]
+    path.write_text(json.dumps(archived))
+    assert config_changes(path, config) == {}
+    before = {k: v for k, v in dataclasses.asdict(config).items() if k != "task_max_steps"}
+    assert config_digest(config) == hashlib.sha1(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    budget = build_config("smoke", overrides=dict(task_max_steps="T2_math:9"))
+    assert config_changes(path, budget) == {"task_max_steps": ("(absent)", {"T2_math": 9})}
+    assert config_digest(budget) != config_digest(config)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -48,13 +48,18 @@ def test_every_method_runs_a_smoke_sequence(name, tmp_path):
     assert (summary["BWT"] is None) == (name == "multitask")
 
 
-def test_multitask_sees_every_task_in_one_stage(tmp_path):
-    summary = train_slsd_seq.main(["--preset", "smoke", "--method", "multitask", "--tasks", "T2_math,T1_general",
-                                   "--max_steps", "2", "--max_eval_samples", "2", "--no_plots",
+@pytest.mark.parametrize("method, steps", [("seq_lora", [2, 3]), ("multitask", [2 + 3])])
+def test_a_stage_trains_for_its_tasks_budgets(tmp_path, method, steps):
+    """max_steps per task, task_max_steps for the tasks it names; multitask's one stage gets the sum, the
+    sequence's budget."""
+    summary = train_slsd_seq.main(["--preset", "smoke", "--method", method, "--tasks", "T2_math,T1_general",
+                                   "--max_steps", "2", "--task_max_steps", "T1_general:3", "--max_eval_samples",
+                                   "2", "--no_plots", "--eval_scope", "needed",
                                    "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt")])
-    (stage,) = summary["stages"]
-    assert stage["task"] == "T2_math,T1_general" and stage["train_samples"] == 2 * 16
-    assert stage["optimizer_steps"] == 2 * 2  # max_steps per task: the sequence's budget
+    assert [stage["optimizer_steps"] for stage in summary["stages"]] == steps
+    if method == "multitask":
+        (stage,) = summary["stages"]
+        assert stage["task"] == "T2_math,T1_general" and stage["train_samples"] == 2 * 16
 
 
 def test_ablations_set_their_fields():
