@@ -117,6 +117,9 @@ class Sequence:
         self.method = make_method(self.model, self.tokenizer, config, self.device, self.amp_dtype)
         self.dslora = self.method.dslora
         self.stages = self.method.stages(config.tasks)
+        unmatched = [t for t in config.task_max_steps if t not in config.tasks]  # a typo, or a preset's task left out
+        if unmatched and self.main:
+            print(f"[budget] task_max_steps names {', '.join(unmatched)}, not among tasks: ignored")
         self.eval_path = self.log_dir / "eval.jsonl"
         self.rows = {(r["stage"], r["task"]): r for r in read_rows(self.eval_path)}
         if self.main and config.report_to != "none":
@@ -259,6 +262,7 @@ class Sequence:
         loader = self.method.train_loader(stage, train)
         # a budget per task: a stage of several tasks (multitask) trains for the sum of theirs
         steps = sum(config.task_steps(t) for t in tasks) or num_optimizer_steps(config, len(loader))
+        print(f"[budget] {name}: {steps} optimizer steps")
         stats = train_stage(self.model, self.dslora, loader, config, steps, self.log_dir / "train_loss.jsonl",
                             self.device, self.amp_dtype, desc=f"stage {stage + 1}/{len(self.stages)} {name}",
                             step_offset=sum(s["optimizer_steps"] for s in self.stage_info.values()),

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     method.before_stage(0, [args.task], train)  # the task as the sequence would name it
     train_loader = method.train_loader(0, train)
     val_loader = make_loader(val, config.eval_batch_size, tokenizer.pad_token_id, shuffle=False)
-    total_steps = config.task_steps(task_name) or num_optimizer_steps(config, len(train_loader))
+    total_steps = config.task_steps(args.task) or num_optimizer_steps(config, len(train_loader))
 
     def evaluate(desc: str) -> float:
         with method.inference(method.eval_key(args.task)):  # the weights the method evaluates (I-LoRA: its slow LoRA)

@@ -49,14 +49,15 @@ def test_every_method_runs_a_smoke_sequence(name, tmp_path):
 
 
 @pytest.mark.parametrize("method, steps", [("seq_lora", [2, 3]), ("multitask", [2 + 3])])
-def test_a_stage_trains_for_its_tasks_budgets(tmp_path, method, steps):
+def test_a_stage_trains_for_its_tasks_budgets(tmp_path, capsys, method, steps):
     """max_steps per task, task_max_steps for the tasks it names; multitask's one stage gets the sum, the
-    sequence's budget."""
+    sequence's budget. A name that is not among the tasks is reported."""
     summary = train_slsd_seq.main(["--preset", "smoke", "--method", method, "--tasks", "T2_math,T1_general",
-                                   "--max_steps", "2", "--task_max_steps", "T1_general:3", "--max_eval_samples",
-                                   "2", "--no_plots", "--eval_scope", "needed",
+                                   "--max_steps", "2", "--task_max_steps", "T1_general:3,T2_maths:7",
+                                   "--max_eval_samples", "2", "--no_plots", "--eval_scope", "needed",
                                    "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt")])
     assert [stage["optimizer_steps"] for stage in summary["stages"]] == steps
+    assert "task_max_steps names T2_maths, not among tasks: ignored" in capsys.readouterr().out
     if method == "multitask":
         (stage,) = summary["stages"]
         assert stage["task"] == "T2_math,T1_general" and stage["train_samples"] == 2 * 16

@@ -196,12 +196,13 @@ def test_a_non_finite_parameter_never_overwrites_the_last_good_checkpoint(tmp_pa
 
 
 def test_train_single_task_end_to_end(tmp_path):
+    task = str(FIXTURES / "tiny_task" / "train.jsonl")
     result = train_single_task.main([
-        "--task", str(FIXTURES / "tiny_task" / "train.jsonl"), "--preset", "smoke", "--run_name", "e2e",
+        "--task", task, "--preset", "smoke", "--run_name", "e2e",
         "--log_dir", str(tmp_path / "logs"), "--checkpoint_dir", str(tmp_path / "ckpt"), "--max_steps", "2",
-        "--task_max_steps", "tiny_task:6"])  # the task's own budget wins over max_steps
+        "--task_max_steps", f"{task}:6"])  # the task's own budget (named as --task names it) wins over max_steps
     logs, ckpt = tmp_path / "logs" / "e2e", tmp_path / "ckpt" / "e2e"
-    assert json.loads((logs / "config.json").read_text())["task_max_steps"] == {"tiny_task": 6}
+    assert json.loads((logs / "config.json").read_text())["task_max_steps"] == {task: 6}
     rows = [json.loads(line) for line in (logs / "train_loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     saved = json.loads((logs / "eval.json").read_text())
