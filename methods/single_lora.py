@@ -60,7 +60,7 @@ class FreezeOnly(SeqLoRA):
 
 class Multitask(SeqLoRA):
     """Joint training on the union of all tasks in one stage (the usual upper bound of continual learning); with
-    ``max_steps`` the stage gets max_steps × number of tasks steps, the same budget as the sequence."""
+    ``max_steps`` the stage gets the sum of its tasks' budgets (``Config.task_steps``), the sequence's budget."""
 
     name = "multitask"
 
