@@ -226,12 +226,13 @@ class Sequence:
 
     def stage_dataset(self, tasks: list[str]) -> SFTDataset:
         """The training split of the stage's tasks (several for multi-task: their union)."""
-        config, records, problems = self.config, [], []
+        config, records, problems, sources = self.config, [], [], []
         for task in tasks:
             rows, bad = read_task(task, "train", config.data_dir, config.skip_bad_lines, config.max_train_samples)
             records += rows
             problems += bad
-        return SFTDataset(records, self.tokenizer, config.max_seq_len, ",".join(tasks), problems)
+            sources += [task] * len(rows)
+        return SFTDataset(records, self.tokenizer, config.max_seq_len, ",".join(tasks), problems, sources=sources)
 
     def train_stage(self, stage: int, tasks: list[str]) -> None:
         config, name = self.config, self.stage_name(tasks)

@@ -290,10 +290,12 @@ class SFTDataset(Dataset):
     """Tokenised supervised samples; ``records[i]`` keeps the raw record of sample i for the task metrics."""
 
     def __init__(self, records: list[dict], tokenizer, max_len: int, name: str, bad_lines: list[str] | None = None,
-                 allow_empty: bool = False):
+                 allow_empty: bool = False, sources: list[str] | None = None):
+        """``sources[i]``: the task record i comes from (a union of several tasks); ``name`` for every one if None."""
         self.report = DataReport(name, bad_lines=list(bad_lines or []))
-        self.records, self.features = [], []
-        for record in tqdm(records, desc=f"tokenising {name}", leave=False, disable=len(records) < 500):
+        self.records, self.features, self.sources = [], [], []
+        for record, source in zip(tqdm(records, desc=f"tokenising {name}", leave=False, disable=len(records) < 500),
+                                  sources or [name] * len(records)):
             feature = tokenize_messages(tokenizer, record["messages"], max_len)
             if all(label == IGNORE_INDEX for label in feature["labels"]):
                 self.report.dropped_no_target += 1
@@ -301,6 +303,7 @@ class SFTDataset(Dataset):
             self.report.truncated += feature.pop("truncated")
             self.records.append(record)
             self.features.append(feature)
+            self.sources.append(source)
         self.report.samples = len(self.features)
         if not self.features and not allow_empty:
             raise DataFormatError(f"{name}: no usable sample ({self.report.summary()})")
@@ -336,11 +339,14 @@ def collate(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
 
 
 def make_loader(dataset: SFTDataset, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0,
-                group_by_length: bool = False) -> DataLoader:
+                group_by_length: bool = False, order: list[int] | None = None) -> DataLoader:
     """A DataLoader with dynamic padding; shuffled from ``seed``, optionally grouping similar lengths
-    (transformers' LengthGroupedSampler: random mega-batches, each sorted by length)."""
+    (transformers' LengthGroupedSampler: random mega-batches, each sorted by length); or the samples of ``order``
+    (indices, each as often as listed), in that order, on every pass."""
     generator = torch.Generator().manual_seed(seed)
-    if shuffle and group_by_length:
+    if order is not None:
+        sampler = order
+    elif shuffle and group_by_length:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         sampler = LengthGroupedSampler(batch_size, lengths=dataset.lengths(), generator=generator)

@@ -42,7 +42,8 @@ Budgets (presets of configs/base_config.py; any field can be overridden on the c
                             (bench/runs/base_rows); 3 seeds
   --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
 Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
-(method ds_lora_slsd unless it names one) under its own label, so one command also runs a dose-response study:
+(method ds_lora_slsd unless it names one; a value may hold commas: t2:task_max_steps=T2_math:120,T3_code:24) under
+its own label, so one command also runs a dose-response study:
   --methods ds_lora --reference ds_lora --variant lambda_0.1:kd_lambda=0.1 --variant lambda_1:kd_lambda=1.0
 Every entry is paired with --reference (default ds_lora_slsd) on the same samples and seeds.
 A comparison cut short (runs stopped after stage K, their checkpoints lost): ``--stages K`` runs nothing and
@@ -327,9 +328,16 @@ def plasticity_lines(table: dict[str, dict], tasks: list[str], samples: str = TE
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """``LABEL:field=value,field=value`` -> (LABEL, fields); the method is ds_lora_slsd unless a field names one."""
+    """``LABEL:field=value,field=value`` -> (LABEL, fields); the method is ds_lora_slsd unless a field names one. A
+    piece with no ``=`` continues the value before it: ``task_max_steps=T2_math:120,T3_code:24`` is one field."""
     label, colon, spec = text.partition(":")
-    pairs = [item.partition("=") for item in spec.split(",") if item]
+    items: list[str] = []
+    for item in filter(None, spec.split(",")):
+        if "=" in item or not items:
+            items.append(item)
+        else:
+            items[-1] += "," + item
+    pairs = [item.partition("=") for item in items]
     if not label or not colon or any(not eq or not key for key, eq, _ in pairs):
         raise ValueError(f"--variant {text!r}: expected LABEL:field=value,field=value")
     return label, dict(dict(method=VARIANT_METHOD), **{key.strip(): value.strip() for key, _, value in pairs})

@@ -63,7 +63,7 @@ class Config:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     epochs: float = 1.0  # passes over the training split (ignored when max_steps > 0)
     max_steps: int = 20  # optimizer steps per task (CPU-sized default); 0 = derive from epochs
-    task_max_steps: dict[str, int] = field(default_factory=dict)  # optimizer steps of the named tasks (as tasks or --task names them) instead of max_steps (needs max_steps > 0): {"T2_math": 120}, on the command line T2_math:120,T3_code:24; read by Config.task_steps (a sequence's stages, a single-task run)
+    task_max_steps: dict[str, int] = field(default_factory=dict)  # optimizer steps of the named tasks (as tasks or --task names them) instead of max_steps (needs max_steps > 0): {"T2_math": 120}, on the command line T2_math:120,T3_code:24; read by Config.task_steps (a sequence's stages, multitask's share of each task, a single-task run)
     max_seq_len: int = 512  # tokens per sample after truncation
     group_by_length: bool = False  # batch samples of similar length together (less padding)
     max_nonfinite_in_row: int = 10  # abort after this many consecutive non-finite losses (each one is skipped and counted)

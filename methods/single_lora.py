@@ -9,10 +9,15 @@ fast one.
 """
 from __future__ import annotations
 
+from itertools import chain, islice, repeat
+
 import torch
+from accelerate import PartialState
+from torch.utils.data import DataLoader, RandomSampler
 
 from methods.base import Method
 from models.ds_lora import DSLoRA
+from utils_data import make_loader
 
 
 def baseline_lora_shape(config) -> tuple[int, float]:
@@ -60,10 +65,30 @@ class FreezeOnly(SeqLoRA):
 
 class Multitask(SeqLoRA):
     """Joint training on the union of all tasks in one stage (the usual upper bound of continual learning); with
-    ``max_steps`` the stage gets the sum of its tasks' budgets (``Config.task_steps``), the sequence's budget."""
+    ``max_steps`` the stage gets the sum of its tasks' budgets (``Config.task_steps``), the sequence's budget, and
+    each task its own share of it: the very samples the sequence's stage of that task draws, interleaved."""
 
     name = "multitask"
 
     @staticmethod
     def stages(tasks: list[str]) -> list[list[str]]:
         return [list(tasks)]
+
+    def train_loader(self, stage: int, dataset) -> DataLoader:
+        """With step budgets, task p of the sequence gives task_steps(p) · batch_size · grad_accum_steps · processes
+        samples, the ones its own stage p of a sequence draws (a shuffle of its samples seeded seed + p, each pass
+        reshuffled: ``make_loader``), all of them in one shuffle seeded seed + stage. Drawn from the union as it is,
+        each task's share would follow its data: at ``study`` T5 (184 samples of 4037) got 31 of 672 against the 48
+        it gets in its own stage, T2 at 120 steps 166 against 480. With epochs: the union, shuffled."""
+        config = self.config
+        if config.max_steps <= 0:
+            return super().train_loader(stage, dataset)
+        per_step = config.batch_size * config.grad_accum_steps * PartialState().num_processes
+        order = []
+        for position, task in enumerate(dict.fromkeys(dataset.sources)):
+            own = [i for i, source in enumerate(dataset.sources) if source == task]
+            draws = RandomSampler(own, generator=torch.Generator().manual_seed(config.seed + position))
+            order += [own[i] for i in islice(chain.from_iterable(repeat(draws)), config.task_steps(task) * per_step)]
+        shuffle = torch.randperm(len(order), generator=torch.Generator().manual_seed(config.seed + stage)).tolist()
+        return make_loader(dataset, config.batch_size, self.tokenizer.pad_token_id, shuffle=False,
+                           order=[order[i] for i in shuffle])

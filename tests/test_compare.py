@@ -202,6 +202,8 @@ def test_variants_parse_into_labelled_configs():
     assert compare_methods.parse_variant("lam0.1:kd_lambda=0.1,kd_every=2") == (
         "lam0.1", dict(method="ds_lora_slsd", kd_lambda="0.1", kd_every="2"))
     assert compare_methods.parse_variant("plain:method=ds_lora")[1] == dict(method="ds_lora")
+    assert compare_methods.parse_variant("t2:task_max_steps=T2_math:120,T3_code:24,kd_every=2")[1] == dict(
+        method="ds_lora_slsd", task_max_steps="T2_math:120,T3_code:24", kd_every="2")  # a value with commas
     for bad in ("nolabel", ":kd_lambda=1", "x:kd_lambda"):
         with pytest.raises(ValueError, match="LABEL:field=value"):
             compare_methods.parse_variant(bad)

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
+from itertools import islice
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +19,8 @@ from methods.components import ReplayBuffer
 from methods.gorp import ProjectedAdam
 from models.loading import load_model
 from tests.conftest import FIXTURES
-from training import train_stage
+from sequential import Sequence
+from training import batches_forever, train_stage
 from utils_data import SFTDataset, collate, task_file
 
 CPU = torch.device("cpu")
@@ -68,6 +72,25 @@ def test_ablations_set_their_fields():
     assert build_config("smoke", overrides=dict(method="slsd_both")).kd_branches == "both"
     assert build_config("smoke", overrides=dict(method="slsd_random")).probe_selection == "random"
     assert build_config("smoke", overrides=dict(method="ds_lora_slsd_per_task")).fast_mode == "per_task"
+
+
+def test_multitask_gives_each_task_the_samples_of_its_own_stage(tokenizer):
+    """With step budgets, multitask's one stage holds, of each task, the samples its own stage of a sequence draws:
+    its budget (cycled past its data), not its share of the union."""
+    budgets = {"T2_math": 3, "T1_general": 14}  # x 2 per step: 6 of T2's samples; 28 of T1's 16 or so, cycled
+    config = build_config("smoke", overrides=dict(method="multitask", tasks="T2_math,T1_general", batch_size=2,
+                                                  task_max_steps=budgets))
+    union = Sequence.stage_dataset(SimpleNamespace(config=config, tokenizer=tokenizer), config.tasks)
+    rows = lambda loader, count: [tuple(ids[mask.bool()].tolist()) for batch in islice(batches_forever(loader), count)
+                                  for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    mixed = rows(method("multitask", tokenizer, task_max_steps=budgets).train_loader(0, union), sum(budgets.values()))
+    seq_lora = method("seq_lora", tokenizer)
+    for stage, task in enumerate(config.tasks):
+        alone = Sequence.stage_dataset(SimpleNamespace(config=config, tokenizer=tokenizer), [task])
+        own = {tuple(feature["input_ids"]) for feature in alone.features}
+        assert Counter(row for row in mixed if row in own) == Counter(rows(seq_lora.train_loader(stage, alone),
+                                                                           budgets[task]))
+    assert len(mixed) == 2 * 17 and mixed != sorted(mixed, key=lambda row: row in own)  # interleaved
 
 
 def test_replay_batches_hold_earlier_tasks_samples(tokenizer):
