@@ -11,6 +11,7 @@ without it never learns to stop).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -292,6 +293,8 @@ class SFTDataset(Dataset):
     def __init__(self, records: list[dict], tokenizer, max_len: int, name: str, bad_lines: list[str] | None = None,
                  allow_empty: bool = False, sources: list[str] | None = None):
         """``sources[i]``: the task record i comes from (a union of several tasks); ``name`` for every one if None."""
+        if sources is not None and len(sources) != len(records):
+            raise ValueError(f"{name}: {len(sources)} sources for {len(records)} records")
         self.report = DataReport(name, bad_lines=list(bad_lines or []))
         self.records, self.features, self.sources = [], [], []
         for record, source in zip(tqdm(records, desc=f"tokenising {name}", leave=False, disable=len(records) < 500),
@@ -313,6 +316,13 @@ class SFTDataset(Dataset):
                   skip_bad_lines: bool = False) -> "SFTDataset":
         records, problems = read_jsonl(path, skip_bad_lines=skip_bad_lines, limit=limit)
         return cls(records, tokenizer, max_len, str(path), problems)
+
+    def subset(self, indices: list[int]) -> "SFTDataset":
+        """The samples at ``indices``, in that order, without tokenising them again (its report is this one's)."""
+        part = copy.copy(self)
+        part.records, part.features, part.sources = ([items[i] for i in indices]
+                                                     for items in (self.records, self.features, self.sources))
+        return part
 
     def __len__(self) -> int:
         return len(self.features)

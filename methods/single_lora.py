@@ -12,8 +12,7 @@ from __future__ import annotations
 from itertools import chain, islice, repeat
 
 import torch
-from accelerate import PartialState
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from methods.base import Method
 from models.ds_lora import DSLoRA
@@ -75,20 +74,21 @@ class Multitask(SeqLoRA):
         return [list(tasks)]
 
     def train_loader(self, stage: int, dataset) -> DataLoader:
-        """With step budgets, task p of the sequence gives task_steps(p) · batch_size · grad_accum_steps · processes
-        samples, the ones its own stage p of a sequence draws (a shuffle of its samples seeded seed + p, each pass
-        reshuffled: ``make_loader``), all of them in one shuffle seeded seed + stage. Drawn from the union as it is,
-        each task's share would follow its data: at ``study`` T5 (184 samples of 4037) got 31 of 672 against the 48
-        it gets in its own stage, T2 at 120 steps 166 against 480. With epochs: the union, shuffled."""
+        """With step budgets, task p of the sequence gives task_steps(p) · batch_size · grad_accum_steps samples (the
+        global batch: ``split_batches``), the first ones the sampler of its own stage p of a sequence yields (its
+        seed, its passes, ``group_by_length`` too), all of them in one shuffle seeded seed + stage. Where a pass ends
+        in a short batch, the sequence's stage reaches a few samples fewer than this. Drawn from the union as it is,
+        each task's share would follow its data: at ``study`` T5 (184 samples of 4037) got ~11 of 240 against the 48
+        it gets in its own stage. With epochs, or a stage of one task: the method's own loader."""
         config = self.config
-        if config.max_steps <= 0:
+        if config.max_steps <= 0 or len(set(dataset.sources)) < 2:
             return super().train_loader(stage, dataset)
-        per_step = config.batch_size * config.grad_accum_steps * PartialState().num_processes
+        per_step = config.batch_size * config.grad_accum_steps
         order = []
-        for position, task in enumerate(dict.fromkeys(dataset.sources)):
+        for task in dict.fromkeys(dataset.sources):
             own = [i for i, source in enumerate(dataset.sources) if source == task]
-            draws = RandomSampler(own, generator=torch.Generator().manual_seed(config.seed + position))
-            order += [own[i] for i in islice(chain.from_iterable(repeat(draws)), config.task_steps(task) * per_step)]
+            sampler = super().train_loader(config.tasks.index(task), dataset.subset(own)).sampler
+            order += [own[i] for i in islice(chain.from_iterable(repeat(sampler)), config.task_steps(task) * per_step)]
         shuffle = torch.randperm(len(order), generator=torch.Generator().manual_seed(config.seed + stage)).tolist()
         return make_loader(dataset, config.batch_size, self.tokenizer.pad_token_id, shuffle=False,
                            order=[order[i] for i in shuffle])

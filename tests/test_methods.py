@@ -76,21 +76,25 @@ def test_ablations_set_their_fields():
 
 def test_multitask_gives_each_task_the_samples_of_its_own_stage(tokenizer):
     """With step budgets, multitask's one stage holds, of each task, the samples its own stage of a sequence draws:
-    its budget (cycled past its data), not its share of the union."""
-    budgets = {"T2_math": 3, "T1_general": 14}  # x 2 per step: 6 of T2's samples; 28 of T1's 16 or so, cycled
-    config = build_config("smoke", overrides=dict(method="multitask", tasks="T2_math,T1_general", batch_size=2,
-                                                  task_max_steps=budgets))
-    union = Sequence.stage_dataset(SimpleNamespace(config=config, tokenizer=tokenizer), config.tasks)
-    rows = lambda loader, count: [tuple(ids[mask.bool()].tolist()) for batch in islice(batches_forever(loader), count)
-                                  for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    mixed = rows(method("multitask", tokenizer, task_max_steps=budgets).train_loader(0, union), sum(budgets.values()))
-    seq_lora = method("seq_lora", tokenizer)
+    its budget (past its data: later passes; length-grouped batches, accumulated micro-batches), not its share of the
+    union."""
+    budgets = {"T2_math": 3, "T1_general": 14}  # x 3 x 2 per step: 18 of T2's ~20 samples; 84 of T1's, 4+ passes
+    fields = dict(tasks="T2_math,T1_general", batch_size=3, grad_accum_steps=2, group_by_length=True)
+    config = build_config("smoke", overrides=dict(method="multitask", task_max_steps=budgets, **fields))
+    engine = SimpleNamespace(config=config, tokenizer=tokenizer)
+    samples = lambda loader, count: [tuple(ids[mask.bool()].tolist()) for batch in islice(batches_forever(loader), count)
+                                     for ids, mask in zip(batch["input_ids"], batch["attention_mask"])][:count]
+    per_task = {task: steps * 3 * 2 for task, steps in budgets.items()}
+    mixed = samples(method("multitask", tokenizer, task_max_steps=budgets, **fields).train_loader(
+        0, Sequence.stage_dataset(engine, config.tasks)), sum(per_task.values()))
+    seq_lora = method("seq_lora", tokenizer, **fields)
+    own = {}
     for stage, task in enumerate(config.tasks):
-        alone = Sequence.stage_dataset(SimpleNamespace(config=config, tokenizer=tokenizer), [task])
-        own = {tuple(feature["input_ids"]) for feature in alone.features}
-        assert Counter(row for row in mixed if row in own) == Counter(rows(seq_lora.train_loader(stage, alone),
-                                                                           budgets[task]))
-    assert len(mixed) == 2 * 17 and mixed != sorted(mixed, key=lambda row: row in own)  # interleaved
+        alone = Sequence.stage_dataset(engine, [task])
+        own[task] = {tuple(feature["input_ids"]) for feature in alone.features}
+        assert Counter(row for row in mixed if row in own[task]) == Counter(
+            samples(seq_lora.train_loader(stage, alone), per_task[task]))
+    assert mixed != sorted(mixed, key=lambda row: row in own["T1_general"])  # interleaved, not task after task
 
 
 def test_replay_batches_hold_earlier_tasks_samples(tokenizer):
