@@ -50,7 +50,7 @@ def main() -> None:
                 dslora.load_state(start_state)
                 set_seed(config.seed)
                 loader = make_loader(train, config.batch_size, tokenizer.pad_token_id, shuffle=True, seed=config.seed)
-                steps = num_optimizer_steps(config, len(loader))
+                steps = config.task_steps(args.task) or num_optimizer_steps(config, len(loader))
                 started = time.perf_counter()
                 if name == "with":
                     info = hooks.before_stage(1, [args.task], train)
