@@ -54,23 +54,22 @@ bench: setup $(DATA)
 	$(PY) bench/gpu_check.py
 	$(PY) bench/bench_gpu_throughput.py
 
-# The lower bound and the method with its ablation first (3 seeds), then every method (bench/results/study_3seeds.md,
-# the README's 3-seed table); runs are reused across the two and across sessions (each run resumes where it stopped).
+# The lower bound and the method first (3 seeds, bench/results/study_t2_core.md), then every method
+# (bench/results/study_t2_3seeds.md, the README's study table); runs are reused across the two and across sessions
+# (each run resumes where it stopped; finished ones are unpacked from bench/runs/). The `study` preset has T2 at 120
+# steps; the earlier budget's tables (T2 at 12, runs_of study) rebuild with --task_max_steps "" (README, Results).
 ALL_METHODS := ds_lora_slsd,ds_lora,seq_lora,slsd_both,slsd_random,ds_lora_slsd_per_task,freeze_only,replay,ewc,lwf,o_lora,gorp,ilora,multitask
 study: setup $(DATA)
-	$(PY) bench/compare_methods.py --jobs 2 --name study_core --runs_of study --methods seq_lora,ds_lora,ds_lora_slsd
-	$(PY) bench/compare_methods.py --jobs 2 --name study_3seeds --runs_of study --methods $(ALL_METHODS)
+	$(PY) bench/compare_methods.py --jobs 2 --name study_t2_core --runs_of study_t2 --methods ds_lora_slsd,ds_lora,seq_lora
+	$(PY) bench/compare_methods.py --jobs 2 --name study_t2_3seeds --runs_of study_t2 --methods $(ALL_METHODS)
 
-# ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused (--runs_of study), not run again.
-# kd_strong (λ 5, a KD term at every step) first: can any dose move forgetting? kd_strong_both: and with KD on both
-# branches (the default dose changes nothing: bench/results/slsd_pair.md).
-# The README's "The dose on 3 seeds" table (bench/results/slsd_dose_3seeds.md) is this target's output.
-DOSE := --variant kd_strong:kd_lambda=5.0,kd_every=1 --variant kd_strong_both:kd_lambda=5.0,kd_every=1,kd_branches=both \
-	--variant fast_reset:fast_mode=reset --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_1:kd_lambda=1.0 \
-	--variant kd_every_2:kd_every=2 --variant kd_every_8:kd_every=8 --variant probe_8:probe_size=8,probe_candidates=16 \
-	--variant probe_32:probe_size=32,probe_candidates=64
+# SLSD's dose against plain DS-LoRA, paired; ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused
+# (--runs_of study_t2), not run again: λ 0.1 / 5, a KD term at every step, a probe buffer of 32, and the fast branch
+# reset at each task. The README's dose table (bench/results/slsd_dose_t2_3seeds.md) is this target's output.
+DOSE := --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_5:kd_lambda=5.0 --variant kd_every_1:kd_every=1 \
+	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
 dose: setup $(DATA)
-	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose_3seeds --runs_of study --methods ds_lora,ds_lora_slsd \
+	$(PY) bench/compare_methods.py --jobs 2 --name slsd_dose_t2_3seeds --runs_of study_t2 --methods ds_lora,ds_lora_slsd \
 		--reference ds_lora --seeds 42,43,44 $(DOSE)
 
 clean:

@@ -36,7 +36,7 @@ replacement (the same seeds for both sides of a difference): an interval covers 
 noise, and a difference is paired on both.
 
 Budgets (presets of configs/base_config.py; any field can be overridden on the command line):
-  --preset study (default)  the study budget: 12 steps x 4 per task at 40x the method's learning rates, 100 test
+  --preset study (default)  the study budget: 12 steps x 4 per task (T2_math 120) at 40x the method's rates, 100 test
                             samples per task after the last stage and a fixed 50 of them before it, only the
                             cells the figures read (eval_scope needed), one base row shared by every run
                             (bench/runs/base_rows); 3 seeds

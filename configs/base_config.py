@@ -230,12 +230,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0.0625; intervals printed). 32 rows decode together (continuous batching): make run 13.4 min against 20.7 with
     # model.generate at 16, every answer identical (bench/RESULTS.md, issue 15 session 4).
     "demo": dict(EMBEDDED_BUDGET, max_eval_samples=16, eval_batch_size=32),
-    # `study` (bench/compare_methods.py, make study / make dose): the same training, 100 test samples per task in
-    # the last evaluation and a fixed 50 of them after the stages before (which only LA / BWT / FWT / forgetting
-    # read): 1200 scored answers a run instead of 1900; one base row for every run (bench/runs/base_rows, committed).
+    # `study` (bench/compare_methods.py, make study / make dose): the same training with T2's stage at 120 steps
+    # (in 12 it does not learn its task, +0.00 to +0.04 across the methods; at 120 Seq-LoRA's T2 gains +0.25 and it
+    # forgets 0.16 over 3 seeds: bench/RESULTS.md, issue 15 sessions 23-31), 100 test samples per task in the last
+    # evaluation and a fixed 50 of them after the stages before (which only LA / BWT / FWT / forgetting read): 1200
+    # scored answers a run instead of 1900; one base row for every run (bench/runs/base_rows, committed). The runs of
+    # the earlier budget (T2 at 12) are the same config with --task_max_steps "" (an empty dict).
     # fp32, not auto: a study's runs are made over sessions on machines drawn at random, some with native bf16 and
     # some without; auto would pair bf16 runs with fp32 ones (bf16 changes 10-12 of 16 greedy answers: RESULTS.md).
-    "study": dict(EMBEDDED_BUDGET, max_eval_samples=100,
+    "study": dict(EMBEDDED_BUDGET, task_max_steps={"T2_math": 120}, max_eval_samples=100,
                   early_eval_samples=50, eval_batch_size=32, shared_base_dir="bench/runs/base_rows", export_peft=False,
                   precision="fp32"),
     # The original method on LLaMA-2-7B and one GPU: rank 8, dropout 0.05, lower 16 of 32 layers frozen,
