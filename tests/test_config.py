@@ -79,6 +79,24 @@ def test_a_run_saved_before_a_later_field_existed_is_the_same_run(tmp_path):
     assert config_digest(budget) != config_digest(config)
 
 
+def test_an_empty_task_budget_clears_the_study_presets_and_names_its_earlier_runs(tmp_path):
+    """The `study` preset gives T2 120 steps; `--task_max_steps ""` is the budget its runs had before (no per-task
+    budgets), so the earlier budget's archived runs stay the same runs and their tables rebuild (README, Results)."""
+    from configs.base_config import save_config
+    from sequential import config_changes
+
+    assert build_config("study").task_max_steps == {"T2_math": 120}
+    earlier = build_config("study", overrides=parse_overrides(["--task_max_steps", ""]))
+    assert earlier.task_max_steps == {} and earlier.task_steps("T2_math") == earlier.max_steps
+    path = tmp_path / "config.json"
+    save_config(earlier, path)
+    archived = json.loads(path.read_text())
+    del archived["task_max_steps"]  # saved before the field existed, as the earlier study's runs were
+    path.write_text(json.dumps(archived))
+    assert config_changes(path, earlier) == {}
+    assert config_changes(path, build_config("study")) == {"task_max_steps": ("(absent)", {"T2_math": 120})}
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"lr_slw": "1"}, "unknown config field 'lr_slw' in the command line (did you mean 'lr_slow'?)"),
     ({"lr_slow": "fast"}, "config field 'lr_slow' expects float, got 'fast'"),
