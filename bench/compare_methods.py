@@ -86,7 +86,8 @@ SPLIT_NAMES = {"val": "validation"}  # how the tables name an --eval_split the i
 TEST_SAMPLES = "test samples"  # what the intervals are over where a caller does not say (the runs' eval_split: main)
 VARIANT_METHOD = "ds_lora_slsd"  # the method of a --variant that names none
 SCORE_PAIRED = ("AP", "BWT", "LA", "forgetting")  # cl_metrics.paired_difference
-PAIRED = (*SCORE_PAIRED, "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
+SPLIT_PAIRED = ("illusory", "real")  # forgetting's two parts (paired_recovery): Δillusory + Δreal = Δforgetting
+PAIRED = (*SCORE_PAIRED, *SPLIT_PAIRED, "loss_BWT")  # loss_BWT: cl_metrics.paired_loss_bwt
 LOSS_METRICS = ("loss_final", "loss_BWT")
 # forgetting = illusory + real (recovery_probe.py); illusory_controlled: the illusory part beyond what the probe
 # teaches the base model (its control), a lower reading of the illusory part
@@ -172,9 +173,9 @@ def method_scores(runs: dict[str, list[Path]], summaries: dict[str, list[dict]])
     return scores, groups
 
 
-def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) -> dict | None:
-    """Illusory vs real forgetting over a method's seeds (cl_metrics.recovery_report from each run's evaluation rows
-    and recovery probes); None for a single stage (multi-task) or where a run has not been probed."""
+def recovery_inputs(runs: list[Path], summaries: list[dict]) -> list[dict] | None:
+    """Each seed's per-sample inputs of illusory vs real forgetting (cl_metrics.recovery_samples from the run's
+    evaluation rows and recovery probes); None for a single stage (multi-task) or where a run has not been probed."""
     if len(summaries[0]["stage_names"]) < 2 or not all((run / "recovery.json").is_file() for run in runs):
         return None
     tasks, samples = summaries[0]["tasks"], []
@@ -182,7 +183,30 @@ def recovery_figures(runs: list[Path], summaries: list[dict], resamples: int) ->
         setting = json.loads((run / "recovery.json").read_text())  # the setting the probe ran with
         probes, controls = (read_probes(run, setting["setting"], start) for start in STARTS)
         samples.append(recovery_samples(eval_rows(run, tasks), probes, tasks, len(tasks), controls))
-    return recovery_report(samples, tasks, resamples)
+    return samples
+
+
+def paired_recovery(mine: list[dict], theirs: list[dict], groups: list, resamples: int
+                    ) -> dict[str, tuple[float, list[float], list[float]]]:
+    """The illusory and the real part of forgetting of ``mine`` minus those of ``theirs`` (each a list of seeds'
+    recovery_inputs, seed k paired with seed k): the difference, its 95 % interval and the per-seed differences.
+    Both sides are split on one set of draws (the same samples and seeds, as paired_difference draws them), so
+
+        Δillusory = mean_i illusory_i − mean_i illusory_i of the reference      (cl_metrics.forgetting_split)
+        Δreal     = mean_i real_i − mean_i real_i of the reference,   Δillusory + Δreal = Δforgetting
+
+    Here, not in cl_metrics beside paired_loss_bwt: cl_metrics is part of the evaluation code that keys the stored
+    base rows (base_cache.SOURCE), which a comparison's figures do not change."""
+    def split(bootstrap: Bootstrap, runs: list[dict]) -> dict:
+        return bootstrap.recovery([run["scores"] for run in runs], [run["recovered"] for run in runs])
+
+    bootstrap = Bootstrap(groups, resamples, seeds=len(mine))
+    a, b = split(bootstrap, mine), split(bootstrap, theirs)
+    one_draw = Bootstrap(groups, 1)  # a single seed's value: its point does not depend on the draws
+    seeds = [(split(one_draw, [x]), split(one_draw, [y])) for x, y in zip(mine, theirs)]
+    return {name: (float(a[key][0] - b[key][0]), interval(a[key][1] - b[key][1]),
+                   [float(x[key][0] - y[key][0]) for x, y in seeds])
+            for name, key in zip(SPLIT_PAIRED, ("forgetting_illusory", "forgetting_real"))}
 
 
 def aggregate(summaries: list[dict], scores: list[list], losses: list | None, groups: list, resamples: int) -> dict:
@@ -206,19 +230,24 @@ def aggregate(summaries: list[dict], scores: list[list], losses: list | None, gr
 
 
 def paired_differences(scores: dict[str, list], groups: list, resamples: int, reference: str = REFERENCE,
-                       losses: dict[str, list | None] | None = None) -> dict[str, dict]:
+                       losses: dict[str, list | None] | None = None,
+                       recoveries: dict[str, list | None] | None = None) -> dict[str, dict]:
     """{entry: {figure: seeded_entry}}: each entry minus ``reference`` in PAIRED over the same samples and seeds
-    (cl_metrics.paired_difference; loss_BWT: cl_metrics.paired_loss_bwt of the two entries' ``losses``, the
-    method_losses, None where either side has none); empty without ``reference`` among the entries."""
+    (cl_metrics.paired_difference; illusory and real: paired_recovery of the two entries' ``recoveries``, the
+    recovery_inputs; loss_BWT: cl_metrics.paired_loss_bwt of their ``losses``, the method_losses; None where either
+    side has none); empty without ``reference`` among the entries."""
     if reference not in scores:
         return {}
-    losses = losses or {}
+    losses, recoveries = losses or {}, recoveries or {}
     table = {}
     for method, runs in scores.items():
         if method == reference:
             continue
         differences = paired_difference(runs, scores[reference], groups, resamples)
         table[method] = {k: differences[k] and seeded_entry(*differences[k]) for k in SCORE_PAIRED}
+        pair = recoveries.get(method), recoveries.get(reference)
+        split = paired_recovery(*pair, groups, resamples) if all(pair) else {}
+        table[method] |= {k: seeded_entry(*split[k]) if split else None for k in SPLIT_PAIRED}
         pair = losses.get(method), losses.get(reference)
         table[method]["loss_BWT"] = seeded_entry(*paired_loss_bwt(*pair, groups, resamples)) if all(pair) else None
     return table
@@ -286,6 +315,8 @@ def difference_lines(differences: dict[str, dict], reference: str, samples: str 
     """The table of paired differences from the reference and, over several seeds, their per-seed values and t
     intervals."""
     several = any(len(entry["per_seed"]) > 1 for row in differences.values() for entry in row.values() if entry)
+    split_note = (" Δillusory, Δreal: the two parts of Δforgetting, the drop a recovery probe brings back and the"
+                  " rest (they sum to it)." if any(row["illusory"] for row in differences.values()) else "")
     loss_note = (" Δloss_BWT: the difference in how much the token loss on the old tasks' references rose from their"
                  " own stage to the last (> 0: more forgetting of the reference answers; on the samples both stages"
                  " scored)." if any(row["loss_BWT"] for row in differences.values()) else "")
@@ -299,7 +330,7 @@ def difference_lines(differences: dict[str, dict], reference: str, samples: str 
              f"Method minus {reference} on the same {samples} and seeds, mean over seeds [95 % paired bootstrap"
              " interval]; **bold**: the interval excludes 0"
              + (", and so does the Student-t interval over the seeds below (which the bootstrap over few seeds"
-                " understates)" if several else "") + f".{loss_note}", "", *rows(difference_cell)]
+                " understates)" if several else "") + f".{split_note}{loss_note}", "", *rows(difference_cell)]
     if not several:  # one seed: its values are the table's
         return lines
     return lines + ["", "Per seed, in the order of the seeds [95 % Student-t interval over the seeds]:", "",
@@ -583,12 +614,13 @@ def main(argv: list[str] | None = None) -> dict:
     resamples = first_config["bootstrap_resamples"]
     samples = f"{SPLIT_NAMES.get(first_config['eval_split'], first_config['eval_split'])} samples"
     losses = method_losses(runs, summaries)
-    table = {label: dict(aggregate(summaries[label], scores[label], losses[label], groups, resamples),
-                         recovery=None if args.stages is not None else
-                         recovery_figures(runs[label], summaries[label], resamples))
-             for label in entries}
-    differences = paired_differences(scores, groups, resamples, args.reference, losses)
     tasks = summaries[next(iter(entries))][0]["tasks"]
+    recoveries = {label: None if args.stages is not None else recovery_inputs(runs[label], summaries[label])
+                  for label in entries}
+    table = {label: dict(aggregate(summaries[label], scores[label], losses[label], groups, resamples),
+                         recovery=recoveries[label] and recovery_report(recoveries[label], tasks, resamples))
+             for label in entries}
+    differences = paired_differences(scores, groups, resamples, args.reference, losses, recoveries)
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
     command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
@@ -604,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot_paired(differences, args.reference, out / f"{name}_paired.png")
     print(text)
     result = dict(bench="compare_methods", name=name, wall_s=round(time.perf_counter() - started, 1),
-                  **{k: {m: row[k][0] for m, row in table.items()} for k in PAIRED},
+                  **{k: {m: row[k][0] for m, row in table.items()} for k in (*SCORE_PAIRED, "loss_BWT")},
                   **{k: {m: row["recovery"] and row["recovery"][k] for m, row in table.items()} for k in RECOVERY})
     print(json.dumps(json_ready(result), allow_nan=False))
     return result

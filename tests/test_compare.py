@@ -266,6 +266,32 @@ def test_paired_loss_bwt_is_the_extra_rise_of_the_old_tasks_loss():
     assert compare_methods.difference_cell(differences["seq_lora"]["loss_BWT"], 3).count(".500") == 3
 
 
+def test_paired_split_of_forgetting_tells_brought_back_from_lost():
+    """Two tasks, base + two stages; task a is learned in its stage (0 -> 1 on all 10 samples) and lost after the
+    next (1 -> 0) by both methods: the same forgetting. The reference's probe brings nothing back (all real); the
+    method's brings back all of it on seed 1 and half on seed 2. Δforgetting 0, Δillusory +0.75 (per seed +1.0,
+    +0.5), Δreal -0.75: the two parts sum to Δforgetting. A copy of the reference: 0; no probe on one side: none."""
+    groups = [[""] * 10, [""] * 10]
+    lost = [np.array([[0.0] * 10, [1.0] * 10, [0.0] * 10]), np.array([[0.0] * 10, [0.0] * 10, [1.0] * 10])]
+
+    def probed(brought_back: int) -> dict:
+        return dict(scores=lost, recovered=[np.array([1.0] * brought_back + [0.0] * (10 - brought_back)), lost[1][2]])
+    scores = {"ref": [lost, lost], "back": [lost, lost], "copy": [lost, lost], "unprobed": [lost, lost]}
+    recoveries = {"ref": [probed(0), probed(0)], "back": [probed(10), probed(5)], "copy": [probed(0), probed(0)],
+                  "unprobed": None}
+    differences = compare_methods.paired_differences(scores, groups, 300, "ref", recoveries=recoveries)
+    back = differences["back"]
+    assert back["forgetting"]["difference"] == pytest.approx(0.0)
+    assert back["illusory"]["difference"] == pytest.approx(0.75) and back["real"]["difference"] == pytest.approx(-0.75)
+    assert back["illusory"]["per_seed"] == [pytest.approx(1.0), pytest.approx(0.5)]
+    assert back["illusory"]["ci"][0] > 0 and back["real"]["ci"][1] < 0
+    assert differences["copy"]["illusory"] == dict(difference=0.0, ci=[0.0, 0.0], per_seed=[0.0, 0.0],
+                                                   seed_ci=[0.0, 0.0], excludes_zero=False)
+    assert differences["unprobed"]["illusory"] is None and differences["unprobed"]["real"] is None
+    text = "\n".join(compare_methods.difference_lines(differences, "ref"))
+    assert "| Δillusory | Δreal |" in text and "+0.750 [" in text and "+1.00, +0.50 [" in text
+
+
 def test_loss_bwt_is_bold_only_where_the_seeds_agree():
     """Two seeds. Where the method's old-task loss rises 0.5 more on one seed and 0.1 on the other, the bootstrap over
     samples excludes 0 but the t interval over two seeds (+0.3 ± 12.7 × 0.2) does not: not marked. Where both seeds

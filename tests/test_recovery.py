@@ -244,7 +244,8 @@ def test_report_splits_the_runs_forgetting_and_the_comparison_pools_it(probed_ru
     assert report["forgetting_illusory"] + report["forgetting_real"] == pytest.approx(report["forgetting"])
     assert list(report["tasks"]) == ["T2_math", "T5_safety"] and all(e["probed"] for e in report["tasks"].values())
     assert (logs / "recovery.png").stat().st_size > 0
-    pooled = compare_methods.recovery_figures([logs, logs], [summary, summary], 200)  # two seeds, the same run
+    inputs = compare_methods.recovery_inputs([logs, logs], [summary, summary])  # two seeds, the same run
+    pooled = recovery_report(inputs, summary["tasks"], 200)
     for key in ("forgetting", "forgetting_illusory", "forgetting_real", "forgetting_illusory_controlled"):
         assert pooled[key] == pytest.approx(report[key])
     assert compare_methods.recovery_cells(pooled)[-1] == ", ".join(
