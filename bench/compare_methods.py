@@ -14,14 +14,14 @@ unless ``--redo_changed`` says to redo it. Each finished run's folder is kept as
 probed; ``--archive_dir``; commit it) and unpacked where logs/ lacks it, and the study preset's base rows and probe
 controls live in bench/runs/base_rows/, keyed by content: logs/ is not kept from one machine to the next, so a study
 too long for one session grows across sessions. Writes
-bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each
-task's plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable
-parameters, training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA,
-forgetting, its illusory and real parts and loss BWT with its interval, marked where it and (over several
-seeds) the t interval over the seeds both exclude 0; bench/results/<name>_comparison.png (the table's means over seeds and their intervals, plot_loss.py's
-comparison) and <name>_paired.png (the paired differences). Probe fields (configs.base_config.PROBE_FIELDS:
-recovery_steps, recovery_samples, recovery_lr_scale) go to the probe, not to the runs, so changing them re-probes
-without retraining.
+bench/results/<name>.md and .json: per entry AP, LA, BWT, FWT, forgetting, the final per-task scores and each task's
+plasticity (R[i][i] − base[i]), each the mean over seeds with its 95 % bootstrap interval; trainable parameters,
+training wall time and peak memory; each entry's paired difference from --reference in AP, BWT, LA, forgetting, its
+illusory and real parts and loss BWT with its interval, marked where it and (over several seeds) the t interval over
+the seeds both exclude 0; bench/results/<name>_comparison.png (the table's means over seeds and their intervals,
+plot_loss.py's comparison) and <name>_paired.png (the paired differences). Probe fields
+(configs.base_config.PROBE_FIELDS: recovery_steps, recovery_samples, recovery_lr_scale) go to the probe, not to the
+runs, so changing them re-probes without retraining.
 
 Illusory vs real forgetting: after each sequential run, recovery_probe.py probes the old tasks whose score fell
 (in its own process, resumable; ``--no_recovery`` skips it: a run never probed leaves these columns empty). The
