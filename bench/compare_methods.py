@@ -61,6 +61,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -279,13 +280,23 @@ def recovery_cells(recovery: dict | None) -> list[str]:
     return [*(format_score(recovery[k], recovery[f"{k}_ci"]) for k in RECOVERY), ", ".join(flagged) or "none"]
 
 
+def steps_per_task(config: dict, tasks: list[str]) -> dict[str, int] | None:
+    """{task: optimizer steps of its stage} from a run's saved config (Config.task_steps), or None for a budget in
+    epochs: what a table was trained with, whatever the preset meant when it was written (a preset can change)."""
+    if config["max_steps"] <= 0:
+        return None
+    return {task: config.get("task_max_steps", {}).get(task, config["max_steps"]) for task in tasks}
+
+
 def markdown(name: str, command: str, table: dict[str, dict], differences: dict[str, dict], tasks: list[str],
              seeds: list[str], reference: str = REFERENCE, stages: int | None = None,
-             samples: str = TEST_SAMPLES) -> str:
+             samples: str = TEST_SAMPLES, steps: dict[str, int] | None = None) -> str:
     head = ["method", *FIGURES, "illusory forgetting", "real forgetting", "illusory beyond control",
             "format drift only", *tasks, "final eval loss", "loss BWT", "trainable params", "train wall s", "peak MB"]
     signed = ("BWT", "FWT")
     lines = [f"# Method comparison `{name}`", "", f"Regenerate: `{command}`", "",
+             *([f"Optimizer steps per stage (the runs' config): {', '.join(f'{t} {n}' for t, n in steps.items())}.",
+                ""] if steps else []),
              f"Mean over {len(seeds)} seed(s) ({', '.join(seeds)}) [95 % bootstrap interval over the {samples} and"
              " seeds]; scores are the task metrics (0–1) after the last stage (LA: each task right after its own"
              " stage); final eval loss (mean ± std over seeds) is the mean token loss on the reference answers after"
@@ -623,11 +634,12 @@ def main(argv: list[str] | None = None) -> dict:
     differences = paired_differences(scores, groups, resamples, args.reference, losses, recoveries)
     out = Path(args.results_dir)
     out.mkdir(exist_ok=True)
-    command = " ".join(["python bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])
-    text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages, samples)
+    command = shlex.join(["python", "bench/compare_methods.py", *(sys.argv[1:] if argv is None else argv)])  # '' kept
+    steps = steps_per_task(first_config, tasks)
+    text = markdown(name, command, table, differences, tasks, seeds, args.reference, args.stages, samples, steps)
     (out / f"{name}.md").write_text(text)
-    summary = dict(name=name, command=command, preset=preset, budget=budget, entries=entries, seeds=seeds,
-                   stages=args.stages,
+    summary = dict(name=name, command=command, preset=preset, budget=budget, steps_per_task=steps, entries=entries,
+                   seeds=seeds, stages=args.stages,
                    table=table, reference=args.reference, paired_differences=differences)
     (out / f"{name}.json").write_text(json.dumps(json_ready(summary), indent=2, allow_nan=False) + "\n")
     plot_comparison(comparison_rows(table), [out / f"{name}_comparison.png"],

@@ -42,7 +42,7 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     argv = ["--preset", "smoke", "--methods", "seq_lora", "--variant", "kd2:kd_lambda=2", "--reference", "kd2",
             "--seeds", "1,2", "--jobs", "2", "--name", "t",
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
-            "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
+            "--task_max_steps", "T1_general:3", "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
             "--checkpoint_dir", str(tmp_path / "ckpt"), "--archive_dir", str(tmp_path / "archive")]
     drawn = []  # what the comparison plot is given: the table's means over the seeds, not one seed's runs
     plot = compare_methods.plot_comparison
@@ -66,12 +66,16 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
             assert lo <= row[key][0] + 1e-12 and row[key][0] - 1e-12 <= hi
         assert (logs / "cmp_t_outputs" / f"cmp_t_{label}_s1.log").stat().st_size > 0  # --jobs 2: output per run
     assert set(saved["paired_differences"]) == {"seq_lora"} and saved["reference"] == "kd2"
-    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA", "forgetting", "loss_BWT"}
+    assert set(saved["paired_differences"]["seq_lora"]) == {"AP", "BWT", "LA", "forgetting", "illusory", "real",
+                                                            "loss_BWT"}
+    assert saved["paired_differences"]["seq_lora"]["illusory"] is not None  # both probed: the split is paired
+    assert saved["steps_per_task"] == {"T2_math": 2, "T1_general": 3}  # what the runs trained, from their config
     assert saved["paired_differences"]["seq_lora"]["loss_BWT"] is not None  # both trained in stages: loss read
     markdown = (results / "t.md").read_text()
     assert "| seq_lora |" in markdown and "| kd2 |" in markdown and "Paired differences from `kd2`" in markdown
     assert (results / "t_paired.png").stat().st_size > 0
     assert "--jobs 2" in markdown and "2 seed(s) (1, 2)" in markdown
+    assert "Optimizer steps per stage (the runs' config): T2_math 2, T1_general 3." in markdown
     assert (results / "t_comparison.png").stat().st_size > 0
 
     evaluated = {run: (run / "eval.jsonl").read_text() for run in logs.glob("cmp_t_*_s*")}
@@ -267,29 +271,36 @@ def test_paired_loss_bwt_is_the_extra_rise_of_the_old_tasks_loss():
 
 
 def test_paired_split_of_forgetting_tells_brought_back_from_lost():
-    """Two tasks, base + two stages; task a is learned in its stage (0 -> 1 on all 10 samples) and lost after the
-    next (1 -> 0) by both methods: the same forgetting. The reference's probe brings nothing back (all real); the
-    method's brings back all of it on seed 1 and half on seed 2. Δforgetting 0, Δillusory +0.75 (per seed +1.0,
-    +0.5), Δreal -0.75: the two parts sum to Δforgetting. A copy of the reference: 0; no probe on one side: none."""
+    """Two tasks, base + two stages; task a is learned in its stage (0 -> 1 on all 10 samples). The reference loses
+    it after the next stage on 6 of the 10 and its probe brings back 3 of those (illusory 0.3, real 0.3); the method
+    loses all 10 and its probe brings back all of them on seed 1, 8 on seed 2 (illusory 1.0 / 0.8, real 0 / 0.2).
+    Δforgetting +0.4 = Δillusory +0.6 + Δreal -0.2 (per seed +0.7, +0.5 and -0.3, -0.1). The bootstrap interval of
+    Δillusory lies above 0 but the t interval over two seeds reaches 0: not bold. A copy of the reference is 0 on every draw (the same draws for both sides); no
+    probe on one side: none."""
     groups = [[""] * 10, [""] * 10]
-    lost = [np.array([[0.0] * 10, [1.0] * 10, [0.0] * 10]), np.array([[0.0] * 10, [0.0] * 10, [1.0] * 10])]
+    later = np.array([[0.0] * 10, [0.0] * 10, [1.0] * 10])  # task b, learned in the last stage
 
-    def probed(brought_back: int) -> dict:
-        return dict(scores=lost, recovered=[np.array([1.0] * brought_back + [0.0] * (10 - brought_back)), lost[1][2]])
-    scores = {"ref": [lost, lost], "back": [lost, lost], "copy": [lost, lost], "unprobed": [lost, lost]}
-    recoveries = {"ref": [probed(0), probed(0)], "back": [probed(10), probed(5)], "copy": [probed(0), probed(0)],
+    def run(lost: int, brought_back: int) -> dict:
+        a = np.array([[0.0] * 10, [1.0] * 10, [0.0] * lost + [1.0] * (10 - lost)])
+        recovered = np.array([1.0] * brought_back + [0.0] * (lost - brought_back) + [1.0] * (10 - lost))
+        return dict(scores=[a, later], recovered=[recovered, later[2]])
+    recoveries = {"ref": [run(6, 3), run(6, 3)], "back": [run(10, 10), run(10, 8)], "copy": [run(6, 3), run(6, 3)],
                   "unprobed": None}
+    scores = {label: [r["scores"] for r in runs or recoveries["ref"]] for label, runs in recoveries.items()}
     differences = compare_methods.paired_differences(scores, groups, 300, "ref", recoveries=recoveries)
     back = differences["back"]
-    assert back["forgetting"]["difference"] == pytest.approx(0.0)
-    assert back["illusory"]["difference"] == pytest.approx(0.75) and back["real"]["difference"] == pytest.approx(-0.75)
-    assert back["illusory"]["per_seed"] == [pytest.approx(1.0), pytest.approx(0.5)]
-    assert back["illusory"]["ci"][0] > 0 and back["real"]["ci"][1] < 0
+    assert back["forgetting"]["difference"] == pytest.approx(0.4)
+    assert back["illusory"]["difference"] == pytest.approx(0.6) and back["real"]["difference"] == pytest.approx(-0.2)
+    assert back["illusory"]["per_seed"] == [pytest.approx(0.7), pytest.approx(0.5)]
+    assert back["real"]["per_seed"] == [pytest.approx(-0.3), pytest.approx(-0.1)]
+    assert back["illusory"]["ci"][0] > 0 and back["illusory"]["seed_ci"][0] < 0 < back["illusory"]["seed_ci"][1]
+    assert not back["illusory"]["excludes_zero"]  # bold only where both intervals exclude 0
     assert differences["copy"]["illusory"] == dict(difference=0.0, ci=[0.0, 0.0], per_seed=[0.0, 0.0],
                                                    seed_ci=[0.0, 0.0], excludes_zero=False)
+    assert differences["copy"]["real"]["ci"] == [0.0, 0.0]
     assert differences["unprobed"]["illusory"] is None and differences["unprobed"]["real"] is None
     text = "\n".join(compare_methods.difference_lines(differences, "ref"))
-    assert "| Δillusory | Δreal |" in text and "+0.750 [" in text and "+1.00, +0.50 [" in text
+    assert "| Δillusory | Δreal |" in text and "+0.600 [" in text and "+0.70, +0.50 [" in text
 
 
 def test_loss_bwt_is_bold_only_where_the_seeds_agree():

@@ -86,6 +86,7 @@ def test_an_empty_task_budget_clears_the_study_presets_and_names_its_earlier_run
     from sequential import config_changes
 
     assert build_config("study").task_max_steps == {"T2_math": 120}
+    assert build_config("study").task_steps("T2_math") == 120 and build_config("study").task_steps("T3_code") == 12
     earlier = build_config("study", overrides=parse_overrides(["--task_max_steps", ""]))
     assert earlier.task_max_steps == {} and earlier.task_steps("T2_math") == earlier.max_steps
     path = tmp_path / "config.json"
