@@ -5,7 +5,9 @@ another run's branches are from it: what a method acting on one branch (SLSD: th
 
 Per stage checkpoint (checkpoints/<run>/stage_*/adapters.safetensors; the scaling alpha/r from its metadata):
     |ΔW_slow| = sqrt(Σ_modules ‖s_slow · B_slow A_slow‖²_F),  |ΔW_fast| the same over every fast branch,
-    slow_share = |ΔW_slow| / (|ΔW_slow| + |ΔW_fast|);
+    slow_share = |ΔW_slow| / (|ΔW_slow| + |ΔW_fast|),
+    cos_slow_fast = Σ_modules <ΔW_slow, ΔW_fast>_F / (|ΔW_slow| · |ΔW_fast|)   (< 0: the slow branch undoes part of
+                                                                              the fast one, and their sum is smaller);
 with --against O: |ΔW_b − ΔW_b(O)| / |ΔW_b(O)| for b in slow, fast, and for the sum ΔW = ΔW_slow + ΔW_fast.
 Last line: JSON, one row per stage.
 """
@@ -47,6 +49,13 @@ def total(deltas: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return {m: deltas["slow"].get(m, 0) + deltas["fast"].get(m, 0) for m in {*deltas["slow"], *deltas["fast"]}}
 
 
+def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The alignment of two updates over the modules both adapt: Σ <a_m, b_m>_F / (|a| · |b|)."""
+    shared = a.keys() & b.keys()
+    dot = sum(float((a[m] * b[m]).sum()) for m in shared)
+    return dot / max(norm({m: a[m] for m in shared}) * norm({m: b[m] for m in shared}), 1e-12)
+
+
 def relative_distance(mine: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
     return norm({m: mine[m] - other[m] for m in other}) / max(norm(other), 1e-12)
 
@@ -56,7 +65,8 @@ def stage_rows(run: str, against: str | None) -> list[dict]:
     for stage in sorted((ROOT / "checkpoints" / run).glob("stage_*")):
         mine = branch_deltas(stage / "adapters.safetensors")
         slow, fast = norm(mine["slow"]), norm(mine["fast"])
-        row = dict(stage=stage.name, slow=round(slow, 4), fast=round(fast, 4), slow_share=round(slow / (slow + fast), 3))
+        row = dict(stage=stage.name, slow=round(slow, 4), fast=round(fast, 4), slow_share=round(slow / (slow + fast), 3),
+                   cos_slow_fast=round(cosine(mine["slow"], mine["fast"]), 3))
         if against:
             other = branch_deltas(ROOT / "checkpoints" / against / stage.name / "adapters.safetensors")
             row.update({f"distance_{b}": round(relative_distance(mine[b], other[b]), 3) for b in ("slow", "fast")},

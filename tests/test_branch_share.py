@@ -32,3 +32,18 @@ def test_relative_distance_is_zero_for_itself_and_scales(tiny_dslora, tmp_path):
     slow = branch_share.branch_deltas(tmp_path / "adapters.safetensors")["slow"]
     assert branch_share.relative_distance(slow, slow) == 0
     assert branch_share.relative_distance({m: 2 * d for m, d in slow.items()}, slow) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_cosine_of_the_branches_reads_their_alignment(tiny_dslora, tmp_path):
+    """+1 for an update against itself, -1 against its negation, 0 for updates on disjoint entries; the sum over
+    modules, not a mean of per-module cosines (a large module weighs more)."""
+    tiny_dslora.save(tmp_path / "adapters.safetensors")
+    slow = branch_share.branch_deltas(tmp_path / "adapters.safetensors")["slow"]
+    assert branch_share.cosine(slow, slow) == pytest.approx(1.0, rel=1e-5)
+    assert branch_share.cosine(slow, {m: -3 * d for m, d in slow.items()}) == pytest.approx(-1.0, rel=1e-5)
+    one = {"m": torch.tensor([[1.0, 0.0]]), "n": torch.tensor([[0.0, 0.0]])}
+    other = {"m": torch.tensor([[0.0, 1.0]]), "n": torch.tensor([[5.0, 0.0]])}
+    assert branch_share.cosine(one, other) == 0.0
+    big = {"m": torch.tensor([[3.0, 0.0]]), "n": torch.tensor([[0.0, 1.0]])}
+    against = {"m": torch.tensor([[1.0, 0.0]]), "n": torch.tensor([[0.0, -1.0]])}
+    assert branch_share.cosine(big, against) == pytest.approx((3 - 1) / (10 ** 0.5 * 2 ** 0.5))  # per-module mean: 0
