@@ -65,7 +65,7 @@ study: setup $(DATA)
 
 # SLSD's dose against plain DS-LoRA, paired; ds_lora and ds_lora_slsd (kd_lambda 0.5) are make study's runs, reused
 # (--runs_of study_t2), not run again: λ 0.1 / 5, a KD term at every step, a probe buffer of 32, and the fast branch
-# reset at each task. The README's dose table (bench/results/slsd_dose_t2_3seeds.md) is this target's output.
+# reset at each task. Its table, bench/results/slsd_dose_t2_3seeds.md, is what the README's dose reading cites.
 DOSE := --variant kd_lambda_0.1:kd_lambda=0.1 --variant kd_lambda_5:kd_lambda=5.0 --variant kd_every_1:kd_every=1 \
 	--variant probe_32:probe_size=32,probe_candidates=64 --variant fast_reset:fast_mode=reset
 dose: setup $(DATA)

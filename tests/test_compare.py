@@ -42,7 +42,8 @@ def test_two_methods_two_seeds_two_at_a_time(small_data, tmp_path, monkeypatch, 
     argv = ["--preset", "smoke", "--methods", "seq_lora", "--variant", "kd2:kd_lambda=2", "--reference", "kd2",
             "--seeds", "1,2", "--jobs", "2", "--name", "t",
             "--results_dir", str(results), "--tasks", "T2_math,T1_general", "--max_steps", "2",
-            "--task_max_steps", "T1_general:3", "--max_eval_samples", "2", "--data_dir", str(small_data), "--log_dir", str(logs),
+            "--task_max_steps", "T1_general:3", "--max_eval_samples", "2", "--data_dir", str(small_data),
+            "--log_dir", str(logs),
             "--checkpoint_dir", str(tmp_path / "ckpt"), "--archive_dir", str(tmp_path / "archive")]
     drawn = []  # what the comparison plot is given: the table's means over the seeds, not one seed's runs
     plot = compare_methods.plot_comparison
@@ -275,8 +276,8 @@ def test_paired_split_of_forgetting_tells_brought_back_from_lost():
     it after the next stage on 6 of the 10 and its probe brings back 3 of those (illusory 0.3, real 0.3); the method
     loses all 10 and its probe brings back all of them on seed 1, 8 on seed 2 (illusory 1.0 / 0.8, real 0 / 0.2).
     Δforgetting +0.4 = Δillusory +0.6 + Δreal -0.2 (per seed +0.7, +0.5 and -0.3, -0.1). The bootstrap interval of
-    Δillusory lies above 0 but the t interval over two seeds reaches 0: not bold. A copy of the reference is 0 on every draw (the same draws for both sides); no
-    probe on one side: none."""
+    Δillusory lies above 0 but the t interval over two seeds reaches 0: not bold. A copy of the reference is 0 on
+    every draw (the same draws for both sides); no probe on one side: none."""
     groups = [[""] * 10, [""] * 10]
     later = np.array([[0.0] * 10, [0.0] * 10, [1.0] * 10])  # task b, learned in the last stage
 
