@@ -11,6 +11,9 @@ train_single_task.py checkpoint; ``--config`` names another), the stage's adapte
 are loaded as resume loads them, and every task is scored under ``method.inference(method.eval_key(task))``
 (I-LoRA: its slow learner; GORP: with its trained full-rank weights; fast_mode=per_task: slow + fast_t for task t).
 Fields given on the command line override the run's config; the run's tasks are the default ``--tasks``.
+``--drop_branch slow`` (or ``fast``) scores the checkpoint with that DS-LoRA branch removed, ΔW_slow = 0 (or every
+fast branch's ΔW = 0), under the same inference rule: an intervention that says what each branch carries (e.g. whether
+the slow branch SLSD distils into helps or hurts the old tasks).
 
 Writes <log_dir>/<run_name>/eval_<task name>_<split>.jsonl (prompt, output and scores per sample) and summary.json
 (run_name defaults to eval_<checkpoint>_<time>), and prints a table: score with its 95 % interval (the task metric),
@@ -24,9 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from transformers import set_seed
 
-from configs.base_config import add_config_arguments, field_help, parse_config, save_config
+from configs.base_config import ConfigError, add_config_arguments, field_help, parse_config, save_config
 from cl_metrics import format_score
 from evaluation import evaluate_tasks, select_samples
 from methods import make_method
@@ -79,11 +83,15 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, object, str]:
                                                            "its adapters.safetensors")
     parser.add_argument("--split", default=None, help="split to score (default: the config's eval_split)")
     parser.add_argument("--max_samples", type=int, default=None, help="cap per task (default: max_eval_samples)")
+    parser.add_argument("--drop_branch", choices=["slow", "fast"], default=None,
+                        help="score a checkpoint with this DS-LoRA branch removed (its ΔW = 0)")
     add_config_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, config = parse_config(parser, argv)
     source = Path(args.checkpoint).name if args.checkpoint else "base"
     run = config.run_name or f"eval_{source}_{time.strftime('%Y%m%d-%H%M%S')}"  # not the checkpoint's run's name
+    if args.drop_branch and not args.checkpoint:
+        parser.error("--drop_branch needs --checkpoint (the base model has no branches)")
     if args.checkpoint and not args.config:
         saved = run_config_path(checkpoint_folder(args.checkpoint), config.log_dir)
         args, config = parse_config(parser, [*argv, "--config", str(saved)])
@@ -96,6 +104,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     except (FileNotFoundError, DataFormatError) as err:  # bad input: one line, no traceback
         print(f"evaluate.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def drop_branch(dslora, branch: str) -> None:
+    """ΔW = s·B·A = 0 for the slow branch, or for every fast branch (per_task keeps one per task), in every adapted
+    layer: A and B are zeroed in place, so the method's own inference rule then runs without the branch."""
+    params = dslora.slow_parameters() if branch == "slow" else [
+        p for name in dslora.fast_names for p in dslora.fast_parameters(name)]
+    if not params:
+        raise ConfigError(f"--drop_branch {branch}: this checkpoint's adapters have no {branch} branch")
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
 
 
 def evaluate(args: argparse.Namespace, config, run: str) -> dict[str, dict]:
@@ -119,6 +139,8 @@ def evaluate(args: argparse.Namespace, config, run: str) -> dict[str, dict]:
     if args.checkpoint:
         method = make_method(model, tokenizer, config, device, amp_dtype)
         method.load(checkpoint_folder(args.checkpoint))
+        if args.drop_branch:
+            drop_branch(method.dslora, args.drop_branch)
         results = method.evaluate(records, "eval")
     else:
         results = evaluate_tasks(model, tokenizer, records, config, device, amp_dtype, "eval")
@@ -127,7 +149,8 @@ def evaluate(args: argparse.Namespace, config, run: str) -> dict[str, dict]:
         summaries[task] = dict(summary, bad_lines=bad_lines[task])
         with (log_dir / f"eval_{task_name(task)}_{split}.jsonl").open("w") as handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    result = dict(checkpoint=args.checkpoint, method=config.method if args.checkpoint else None, split=split,
+    result = dict(checkpoint=args.checkpoint, method=config.method if args.checkpoint else None,
+                  drop_branch=args.drop_branch, split=split,
                   model=config.model_name, tasks=summaries)
     (log_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(summaries))

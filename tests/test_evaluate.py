@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import evaluate
 import prepare_datasets
 import train_single_task
 import train_slsd_seq
-from configs.base_config import build_config
+from configs.base_config import ConfigError, build_config
 from evaluation import generate, prompt_messages, reference_for, summarise
 from methods import make_method
 from models.loading import load_model, load_tokenizer
@@ -103,6 +106,44 @@ def test_evaluate_reproduces_the_engine_row_of_a_checkpoint(finished_run):
         assert summaries[task]["eval_loss"] == pytest.approx(row["eval_loss"], rel=1e-6, abs=0)
         engine = [r["output"] for r in read_rows(logs / "run" / f"samples_02_T1_general_{task}.jsonl")]
         assert [r["output"] for r in read_rows(logs / "again" / f"eval_{task}_test.jsonl")] == engine
+
+
+def loud_copy(checkpoint, folder, branch: str, zero: bool):
+    """A copy of the checkpoint whose ``branch`` tensors are large random ones (so that the branch changes the
+    answers of a 2-step smoke run), or zero (ΔW = 0, written in the file)."""
+    shutil.copytree(checkpoint, folder)
+    with safe_open(str(checkpoint / "adapters.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors, generator = load_file(str(checkpoint / "adapters.safetensors")), torch.Generator().manual_seed(0)
+    for key, value in tensors.items():
+        if f".{branch}." in key:
+            tensors[key] = torch.zeros_like(value) if zero else torch.randn(value.shape, generator=generator) * 0.5
+    save_file(tensors, str(folder / "adapters.safetensors"), metadata=metadata)
+    return folder
+
+
+def test_drop_branch_scores_the_checkpoint_without_that_branch(finished_run, tmp_path):
+    """--drop_branch equals the same checkpoint with that branch zeroed in its file, under every inference rule, and
+    differs from it with the branch kept."""
+    logs, checkpoint = finished_run
+    branch = "slow" if any(".slow." in key for key in load_file(str(checkpoint / "adapters.safetensors"))) else "fast"
+    loud, zeroed = (loud_copy(checkpoint, tmp_path / name, branch, zero) for name, zero in (("l", False), ("z", True)))
+    config = ["--config", str(logs / "run" / "config.json"), "--log_dir", str(tmp_path / "logs")]
+
+    def scored(folder, *extra):
+        name = f"{folder.name}{len(extra)}"
+        summaries = evaluate.main(["--checkpoint", str(folder), *config, "--run_name", name, *extra])
+        return {t: (s["eval_loss"], [r["output"] for r in read_rows(tmp_path / "logs" / name / f"eval_{t}_test.jsonl")])
+                for t, s in summaries.items()}
+
+    dropped = scored(loud, "--drop_branch", branch)
+    assert dropped == scored(zeroed)
+    assert dropped != scored(loud)
+    saved = json.loads((tmp_path / "logs" / "l2" / "summary.json").read_text())
+    assert saved["drop_branch"] == branch
+    if branch == "fast":  # a branch the adapters lack is an input error, not a silent no-op
+        with pytest.raises(ConfigError, match="no slow branch"):
+            scored(loud, "--drop_branch", "slow")
 
 
 def inference_logits(method, key: str, batch: dict) -> torch.Tensor:
