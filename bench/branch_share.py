@@ -5,6 +5,7 @@ another run's branches are from it: what a method acting on one branch (SLSD: th
 
 Per stage checkpoint (checkpoints/<run>/stage_*/adapters.safetensors; the scaling alpha/r from its metadata):
     |ΔW_slow| = sqrt(Σ_modules ‖s_slow · B_slow A_slow‖²_F),  |ΔW_fast| the same over every fast branch,
+    |ΔW|      = the same of the sum ΔW_slow + ΔW_fast (the update the model runs with: how far it is from W0),
     slow_share = |ΔW_slow| / (|ΔW_slow| + |ΔW_fast|),
     cos_slow_fast = Σ_modules <ΔW_slow, ΔW_fast>_F / (|ΔW_slow| · |ΔW_fast|)
                     (< 0: the slow branch undoes part of the fast one, and their sum is smaller);
@@ -65,7 +66,7 @@ def stage_rows(run: str, against: str | None) -> list[dict]:
     for stage in sorted((ROOT / "checkpoints" / run).glob("stage_*")):
         mine = branch_deltas(stage / "adapters.safetensors")
         slow, fast = norm(mine["slow"]), norm(mine["fast"])
-        row = dict(stage=stage.name, slow=round(slow, 4), fast=round(fast, 4),
+        row = dict(stage=stage.name, slow=round(slow, 4), fast=round(fast, 4), total=round(norm(total(mine)), 4),
                    slow_share=round(slow / (slow + fast), 3),
                    cos_slow_fast=round(cosine(mine["slow"], mine["fast"]), 3))
         if against:
