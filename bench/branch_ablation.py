@@ -30,16 +30,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cl_metrics import Bootstrap, format_score, interval, laid_out, seed_t_interval  # noqa: E402
+from sequential import Sequence  # noqa: E402
 from utils_data import read_rows  # noqa: E402
 
 RESAMPLES = 2000
 
 
 def last_checkpoint(run: str) -> Path:
-    stages = sorted((ROOT / "checkpoints" / run).glob("stage_*"))
-    if not stages:
-        raise FileNotFoundError(f"no stage checkpoint in checkpoints/{run}")
-    return stages[-1]
+    """The run's final stage checkpoint, named as the engine names it (the run's config: its tasks and folder)."""
+    config = json.loads((ROOT / "logs" / run / "config.json").read_text())
+    tasks = config["tasks"]
+    folder = ROOT / config["checkpoint_dir"] / run / f"stage_{len(tasks) - 1}_{Sequence.stage_name(tasks[-1:])}"
+    if not (folder / "adapters.safetensors").is_file():
+        raise FileNotFoundError(f"no final checkpoint {folder} (adapters.safetensors)")
+    return folder
 
 
 def ablate(run: str, branch: str, threads: int) -> Path:
@@ -91,9 +95,9 @@ def group_report(runs: list[str], branch: str, logs: Path = ROOT / "logs") -> di
                          delta_loss=float(losses[:, j].mean()), delta_loss_per_seed=losses[:, j].tolist(),
                          delta_loss_t_ci=seed_t_interval(losses[:, j].tolist()))
               for j, task in enumerate(tasks)}
+    old_per_seed = [float((p[1, :-1] - p[0, :-1]).mean()) for p in points]
     report["old_tasks"] = dict(delta=float(delta[:-1].mean()), delta_ci=interval(delta_draws[:, :-1].mean(-1)),
-                               delta_per_seed=[float((p[1, :-1] - p[0, :-1]).mean()) for p in points],
-                               delta_t_ci=seed_t_interval([float((p[1, :-1] - p[0, :-1]).mean()) for p in points]))
+                               delta_per_seed=old_per_seed, delta_t_ci=seed_t_interval(old_per_seed))
     return dict(runs=runs, tasks=tasks, samples=[len(g) for g in groups], per_task=report)
 
 
@@ -145,8 +149,9 @@ def main() -> None:
     parser.add_argument("--name", default="branch_ablation", help="results name in bench/results/")
     parser.add_argument("--jobs", type=int, default=1, help="evaluations at a time, each with cores / jobs threads")
     args = parser.parse_args()
-    groups = dict(g.split(":", 1) for g in args.group)
-    groups = {label: runs.split(",") for label, runs in groups.items()}
+    if any(":" not in g for g in args.group):
+        parser.error("--group takes LABEL:run,run,...")
+    groups = {label: runs.split(",") for label, runs in (g.split(":", 1) for g in args.group)}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda run: ablate(run, args.branch, threads), [r for runs in groups.values() for r in runs]))
@@ -160,4 +165,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run  # a missing checkpoint or unpaired samples: one line on stderr, exit 2
+
+    run(main, ValueError)
