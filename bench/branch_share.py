@@ -61,9 +61,16 @@ def relative_distance(mine: dict[str, torch.Tensor], other: dict[str, torch.Tens
     return norm({m: mine[m] - other[m] for m in other}) / max(norm(other), 1e-12)
 
 
+def stage_checkpoints(folder: Path) -> list[Path]:
+    """A run's finished stage checkpoints (stage_<i>_<name>) in stage order: an interrupted stage's .partial folder is
+    not one, and stage 10 comes after stage 9."""
+    stages = [f for f in folder.glob("stage_*") if f.suffix != ".partial" and (f / "adapters.safetensors").is_file()]
+    return sorted(stages, key=lambda f: int(f.name.split("_")[1]))
+
+
 def stage_rows(run: str, against: str | None) -> list[dict]:
     rows = []
-    for stage in sorted((ROOT / "checkpoints" / run).glob("stage_*")):
+    for stage in stage_checkpoints(ROOT / "checkpoints" / run):
         mine = branch_deltas(stage / "adapters.safetensors")
         slow, fast = norm(mine["slow"]), norm(mine["fast"])
         row = dict(stage=stage.name, slow=round(slow, 4), fast=round(fast, 4), total=round(norm(total(mine)), 4),

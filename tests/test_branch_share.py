@@ -50,3 +50,14 @@ def test_cosine_of_the_branches_reads_their_alignment(tiny_dslora, tmp_path):
     big = {"m": torch.tensor([[3.0, 0.0]]), "n": torch.tensor([[0.0, 1.0]])}
     against = {"m": torch.tensor([[1.0, 0.0]]), "n": torch.tensor([[0.0, -1.0]])}
     assert branch_share.cosine(big, against) == pytest.approx((3 - 1) / (10 ** 0.5 * 2 ** 0.5))  # per-module mean: 0
+
+
+def test_stage_checkpoints_skip_partial_folders_and_sort_by_stage(tiny_dslora, tmp_path):
+    """An interrupted stage's .partial folder (adapters written, stage unfinished) is not read, and stage 10 follows
+    stage 9: a name sort or a bare glob would fail both."""
+    for name in ("stage_9_T1_general", "stage_10_T2_math", "stage_11_T3_code.partial", "stage_2_T4_tool"):
+        (tmp_path / name).mkdir()
+        tiny_dslora.save(tmp_path / name / "adapters.safetensors")
+    (tmp_path / "stage_12_T5_safety").mkdir()  # a folder without adapters
+    names = [f.name for f in branch_share.stage_checkpoints(tmp_path)]
+    assert names == ["stage_2_T4_tool", "stage_9_T1_general", "stage_10_T2_math"]
