@@ -226,12 +226,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                   lr_slow=1e-3, lr_fast=5e-3,
                   warmup_ratio=0.0, probe_size=4, probe_candidates=8, teacher_topk=8, kd_every=2, export_peft=True,
                   lr_lora=5e-3, gorp_lr=1e-3, replay_per_task=4, ewc_batches=2, gorp_update_proj_gap=2),
-    # `demo` (make run): DS-LoRA + SLSD over T1 -> T5 on a small fixed test subset (16 per task: one sample is
-    # 0.0625; intervals printed). 32 rows decode together (continuous batching): make run 13.4 min against 20.7 with
+    # `demo` (make run): DS-LoRA + SLSD over T1 -> T5 on a fixed test subset of 64 per task (one sample is 0.016;
+    # at 16, T5's expected gain of +0.04-0.06 was inside one sample: make run 11 min alone, bench/RESULTS.md, issue 15
+    # session 34; intervals printed). 32 rows decode together (continuous batching): make run 13.4 min against 20.7 with
     # model.generate at 16, every answer identical (bench/RESULTS.md, issue 15 session 4). T2's stage at 60 steps: at
     # 12 T2 is not learned on validation (+0.00 on 50 samples), at 60 it gains +0.14 [+0.06, +0.24], the smaller of
     # 60 and 120 that met the rule fixed before the runs (bench/RESULTS.md, issue 15 session 34).
-    "demo": dict(EMBEDDED_BUDGET, task_max_steps={"T2_math": 60}, max_eval_samples=16, eval_batch_size=32),
+    "demo": dict(EMBEDDED_BUDGET, task_max_steps={"T2_math": 60}, max_eval_samples=64, eval_batch_size=32),
     # `study` (bench/compare_methods.py, make study / make dose): the same training with T2's stage at 120 steps
     # (in 12 it does not learn its task, +0.00 to +0.04 across the methods; at 120 Seq-LoRA's T2 gains +0.25 and it
     # forgets 0.16 over 3 seeds: bench/RESULTS.md, issue 15 sessions 23-31), 100 test samples per task in the last
