@@ -40,7 +40,7 @@ Budgets (presets of configs/base_config.py; any field can be overridden on the c
                             samples per task after the last stage and a fixed 50 of them before it, only the
                             cells the figures read (eval_scope needed), one base row shared by every run
                             (bench/runs/base_rows); 3 seeds
-  --quick                   the demo preset (make run's) on T1_general -> T2_math, 1 seed
+  --quick                   the demo preset (make run's) on T1_general -> T2_math, 16 samples per task, 1 seed
 Variants: ``--variant LABEL:field=value,field=value`` (repeatable) adds a run of the config with those fields
 (method ds_lora_slsd unless it names one; a value may hold commas: t2:task_max_steps=T2_math:120,T3_code:24) under
 its own label, so one command also runs a dose-response study:
@@ -81,7 +81,9 @@ from recovery_probe import STARTS, eval_rows, read_probes  # noqa: E402
 from sequential import config_changes, scored_ids, summary_from_logs  # noqa: E402
 from utils_data import json_ready, read_rows  # noqa: E402
 
-QUICK = dict(tasks="T1_general,T2_math")  # --quick: the demo preset on two tasks
+# --quick: the demo preset on two tasks, scored on 16 samples per task (demo's 64 would take 14 methods past the
+# 30 min --quick is held to: bench/RESULTS.md, issue 5)
+QUICK = dict(tasks="T1_general,T2_math", max_eval_samples=16)
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 SPLIT_NAMES = {"val": "validation"}  # how the tables name an --eval_split the intervals are over (else as given)
 TEST_SAMPLES = "test samples"  # what the intervals are over where a caller does not say (the runs' eval_split: main)
@@ -567,7 +569,8 @@ def run_entries(entries: dict[str, dict[str, str]], seeds: list[str], runs_of: s
 def build_parser() -> argparse.ArgumentParser:
     """The command line; budget overrides (--field value) are left over and parsed by ``parse_overrides``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the demo preset on T1_general -> T2_math, 1 seed")
+    parser.add_argument("--quick", action="store_true",
+                        help="the demo preset on T1_general -> T2_math, 16 samples per task, 1 seed")
     parser.add_argument("--methods", default=None, help="comma-separated --method names (default: all of them, "
                                                         "or none when --variant is given)")
     parser.add_argument("--variant", action="append", default=[], help="LABEL:field=value,field=value (repeatable)")
