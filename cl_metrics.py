@@ -325,11 +325,17 @@ def format_score(value: float | None, ci: list[float] | None, sign: bool = False
     return f"{value:{plus}.3f}" + bounds
 
 
-def figures_with_ci(scores: list, groups: list, resamples: int) -> dict[str, float | list[float] | None]:
-    """AP, LA, BWT, FWT, forgetting of one run and their joint 95 % intervals (``<figure>_ci``)."""
+def figures_with_ci(scores: list, groups: list, resamples: int) -> dict[str, float | list | None]:
+    """AP, LA, BWT, FWT, forgetting of one run and their joint 95 % intervals (``<figure>_ci``), and each task's
+    plasticity R[i][i] − base[i] (a list over tasks) with its interval paired on the same samples (``plasticity_ci``;
+    None for a multi-task run, which has no stage per task)."""
+    bootstrap = Bootstrap(groups, resamples)
     out = {}
-    for key, figure in Bootstrap(groups, resamples).figures([scores]).items():
+    for key, figure in bootstrap.figures([scores]).items():
         out[key], out[f"{key}_ci"] = (None, None) if figure is None else (figure[0], interval(figure[1]))
+    gains = bootstrap.plasticity([scores])
+    out["plasticity"], out["plasticity_ci"] = (None, None) if gains is None else \
+        ([float(g) for g in gains[0]], [interval(gains[1][:, j]) for j in range(len(gains[0]))])
     return out
 
 

@@ -410,6 +410,10 @@ def format_summary(summary: dict) -> str:
     early = f", a fixed {summary['early_samples']} of them before the last stage" if summary.get("early_samples") else ""
     lines += ["", f"{figures}   (95 % bootstrap intervals over {min(summary['samples'])}-{max(summary['samples'])} "
                   f"samples per task{early}; training wall time {wall:.0f} s)"]
+    if summary.get("plasticity"):
+        lines.append("plasticity R[i][i] - base[i] (paired on the same samples): " + "  ".join(
+            f"{t} {format_score(v, ci, sign=True)}" for t, v, ci in zip(tasks, summary["plasticity"],
+                                                                         summary["plasticity_ci"])))
     for task, rates in summary["final_refusal_rates"].items():
         lines.append(f"{task} after the last stage: refusal rate (harmful) "
                      f"{format_score(rates['refusal_rate'], rates['refusal_rate_ci'])}, over-refusal rate (benign) "

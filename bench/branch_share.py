@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -62,9 +63,10 @@ def relative_distance(mine: dict[str, torch.Tensor], other: dict[str, torch.Tens
 
 
 def stage_checkpoints(folder: Path) -> list[Path]:
-    """A run's finished stage checkpoints (stage_<i>_<name>) in stage order: an interrupted stage's .partial folder is
-    not one, and stage 10 comes after stage 9."""
-    stages = [f for f in folder.glob("stage_*") if f.suffix != ".partial" and (f / "adapters.safetensors").is_file()]
+    """A run's finished stage checkpoints, named stage_<i>_<name> as the engine names them, in stage order: an
+    interrupted stage's .partial folder or a write's .tmp folder is not one, and stage 10 comes after stage 9."""
+    stages = [f for f in folder.glob("stage_*")
+              if re.fullmatch(r"stage_\d+_\w+", f.name) and (f / "adapters.safetensors").is_file()]
     return sorted(stages, key=lambda f: int(f.name.split("_")[1]))
 
 

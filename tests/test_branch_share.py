@@ -53,9 +53,10 @@ def test_cosine_of_the_branches_reads_their_alignment(tiny_dslora, tmp_path):
 
 
 def test_stage_checkpoints_skip_partial_folders_and_sort_by_stage(tiny_dslora, tmp_path):
-    """An interrupted stage's .partial folder (adapters written, stage unfinished) is not read, and stage 10 follows
-    stage 9: a name sort or a bare glob would fail both."""
-    for name in ("stage_9_T1_general", "stage_10_T2_math", "stage_11_T3_code.partial", "stage_2_T4_tool"):
+    """An interrupted stage's .partial folder and a write's .tmp folder (adapters written, stage unfinished) are not
+    read, and stage 10 follows stage 9: a name sort or a bare glob would fail both."""
+    for name in ("stage_9_T1_general", "stage_10_T2_math", "stage_11_T3_code.partial", "stage_2_T4_tool",
+                 "stage_10_T2_math.tmp", "stage_11_T3_code.partial.tmp"):
         (tmp_path / name).mkdir()
         tiny_dslora.save(tmp_path / name / "adapters.safetensors")
     (tmp_path / "stage_12_T5_safety").mkdir()  # a folder without adapters

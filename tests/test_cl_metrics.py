@@ -61,6 +61,21 @@ def test_joint_interval_of_bwt_on_a_per_sample_matrix():
         assert figures[f"{key}_ci"][0] <= figures[key] <= figures[f"{key}_ci"][1]
 
 
+def test_plasticity_per_task_is_paired_and_reads_the_task_metric():
+    """Each task's R[i][i] − base[i]: task 0 gains exactly 0.2 on every sample, so its interval is [0.2, 0.2] (cells
+    resampled apart would give a wide one); task 1 (T5-like groups) gains 0.5, the mean of its group means (harmful
+    all refused, benign all answered), not the plain mean of its samples (0.75)."""
+    u = np.random.default_rng(2).random(40)
+    task0 = np.stack([u, u + 0.2, u])  # rows: base, after stage 0, after stage 1
+    groups1 = ["harmful"] * 30 + ["benign"] * 10
+    task1 = np.stack([np.zeros(40), np.zeros(40), np.array([1.0] * 30 + [0.0] * 10)])
+    figures = figures_with_ci([task0, task1], [[""] * 40, groups1], 1000)
+    assert figures["plasticity"] == pytest.approx([0.2, 0.5])
+    assert figures["plasticity_ci"][0] == pytest.approx([0.2, 0.2])
+    assert figures["plasticity_ci"][1] == pytest.approx([0.5, 0.5])
+    assert figures_with_ci([task0[:2]], [[""] * 40], 10)["plasticity"] == pytest.approx([0.2])
+
+
 def test_paired_difference_is_zero_for_identical_methods_and_found_for_a_real_one():
     rng = np.random.default_rng(1)
     groups = [[""] * 30, ["harmful"] * 20 + ["benign"] * 10]
