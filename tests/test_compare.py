@@ -377,3 +377,14 @@ def test_a_multitask_run_has_no_first_stages(tmp_path):
                 tmp_path / "config.json")
     with pytest.raises(ValueError, match=r"\(multitask\) has 1 stage\(s\) for 2 tasks: no sequence of its first 1"):
         summary_from_logs(tmp_path, 1)
+
+
+def test_quick_fields_are_command_line_strings_of_two_tasks_at_16_samples():
+    """--quick's fields become train_slsd_seq.py arguments: every value a string (an int broke the command line
+    once), and the config they give is demo's on T1 -> T2 at 16 samples per task."""
+    run, fields = compare_methods.run_fields({"seq_lora": {"method": "seq_lora"}}, "seq_lora", "42", "quick",
+                                             dict(compare_methods.QUICK))
+    assert all(isinstance(v, str) for v in fields.values())
+    config = build_config("demo", overrides=fields)
+    assert config.tasks == ["T1_general", "T2_math"] and config.max_eval_samples == 16 and config.method == "seq_lora"
+    assert config.run_name == run == "cmp_quick_seq_lora_s42"
