@@ -355,10 +355,14 @@ class DSLoRA:
         tmp.replace(path)
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy tensors keyed as in ``lora_tensors`` into the existing branches."""
+        """Copy tensors keyed as in ``lora_tensors`` into the existing branches. Autocast keeps the low-precision cast
+        of a leaf parameter that requires grad for the rest of its region: written in place, the parameters would
+        still be read through a cast of their old values (LwF's student ran with its teacher's adapters under bf16),
+        so the cache is cleared."""
         with torch.no_grad():
             for key, param in self.lora_tensors().items():
                 param.copy_(tensors[key])
+        torch.clear_autocast_cache()
 
     def load(self, path: str | Path) -> None:
         """Load adapters saved by ``save`` into this (identically configured) model."""

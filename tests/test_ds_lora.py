@@ -265,6 +265,24 @@ def test_adapter_snapshots_are_copies_and_a_swap_restores_exactly(tiny_dslora):
     assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
+def test_a_swap_inside_a_bf16_autocast_region_leaves_the_student_its_own_weights(tiny_dslora, token_batch):
+    """LwF's teacher pass and its student pass share one autocast region, which caches the bf16 cast of each leaf
+    parameter it multiplies (one branch on, as in the single-LoRA baselines: two are concatenated first): after the
+    swap back, the student must be computed from its own values, as in a region of its own (without the cache
+    cleared it got the teacher's logits)."""
+    model, ids = tiny_dslora.model.eval(), token_batch["input_ids"]  # no dropout: the two student passes compare
+    other = {k: torch.randn_like(v) for k, v in tiny_dslora.adapter_state().items()}
+    with tiny_dslora.branches(slow=False, fast=True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            student_alone = model(input_ids=ids).logits.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.no_grad(), tiny_dslora.swapped(other):
+                teacher = model(input_ids=ids).logits.float()
+            student = model(input_ids=ids).logits.float()
+    assert not torch.equal(teacher, student_alone)
+    torch.testing.assert_close(student, student_alone, atol=0, rtol=0)
+
+
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2)
 ARCHITECTURES = {
