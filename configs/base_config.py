@@ -232,7 +232,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # model.generate at 16, every answer identical (bench/RESULTS.md, issue 15 session 4). T2's stage at 60 steps: at
     # 12 T2 is not learned on validation (+0.00 on 50 samples), at 60 it gains +0.14 [+0.06, +0.24], the smaller of
     # 60 and 120 that met the rule committed before the runs finished (bench/RESULTS.md, issue 15 session 34).
-    "demo": dict(EMBEDDED_BUDGET, task_max_steps={"T2_math": 60}, max_eval_samples=64, eval_batch_size=32),
+    # recovery_lr_scale 10: the strongest of 10 and 40 whose control teaches nothing on demo's validation run (at 40
+    # it teaches T4 +0.18; the 1x default missed T3's masked code-writing on make run: issue 15 session 34).
+    "demo": dict(EMBEDDED_BUDGET, task_max_steps={"T2_math": 60}, max_eval_samples=64, eval_batch_size=32,
+                 recovery_lr_scale=10.0),
     # `study` (bench/compare_methods.py, make study / make dose): the same training with T2's stage at 120 steps
     # (in 12 it does not learn its task, +0.00 to +0.04 across the methods; at 120 Seq-LoRA's T2 gains +0.25 and it
     # forgets 0.16 over 3 seeds: bench/RESULTS.md, issue 15 sessions 23-31), 100 test samples per task in the last
