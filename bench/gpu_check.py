@@ -5,12 +5,13 @@ gradient checkpointing, each as a short smoke-preset training run of train_singl
     python bench/random_model.py --like embedded --out /tmp/random && python bench/gpu_check.py --model_name /tmp/random
 
 Each check must finish with finite losses that fall from the first to the last step (smoke learning rates) and
-report its peak GPU memory. Without CUDA every check is skipped (exit 0). Multi-GPU runs need several GPUs:
+report its peak GPU memory. Without CUDA every check is skipped (exit 0); without bitsandbytes, the QLoRA one. Multi-GPU runs need several GPUs:
 launch train_slsd_seq.py with configs/accelerate/*.yaml there. Last line: JSON.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -43,6 +44,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in CHECKS.items():
+            if "--load_in_4bit" in flags and importlib.util.find_spec("bitsandbytes") is None:
+                results[name] = dict(ok=None, skipped="bitsandbytes is not installed")
+                continue
             AcceleratorState._reset_state(reset_partial_state=True)  # each check picks its own mixed precision
             torch.cuda.reset_peak_memory_stats()
             result = train_single_task.main(["--task", args.task, "--model_name", args.model_name, "--device", "cuda",
@@ -56,7 +60,7 @@ def main() -> None:
                                  eval_loss_before=result["eval_loss_before"], eval_loss=result["eval_loss"],
                                  peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1))
     print(json.dumps(dict(bench="gpu_check", device=torch.cuda.get_device_name(), checks=results,
-                          all_ok=all(r["ok"] for r in results.values()))))
+                          all_ok=all(r["ok"] for r in results.values() if r["ok"] is not None))))
 
 
 if __name__ == "__main__":
