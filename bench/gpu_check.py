@@ -11,6 +11,7 @@ launch train_slsd_seq.py with configs/accelerate/*.yaml there. Last line: JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import sys
@@ -48,6 +49,9 @@ def main() -> None:
                 results[name] = dict(ok=None, skipped="bitsandbytes is not installed")
                 continue
             AcceleratorState._reset_state(reset_partial_state=True)  # each check picks its own mixed precision
+            gc.collect()  # the previous check's model and optimizer, unreferenced now, would count in this peak
+            torch.cuda.empty_cache()
+            start_memory_mb = round(torch.cuda.memory_allocated() / 2**20, 1)
             torch.cuda.reset_peak_memory_stats()
             result = train_single_task.main(["--task", args.task, "--model_name", args.model_name, "--device", "cuda",
                                              "--max_steps", str(args.steps), "--lr_slow", "1e-4", "--lr_fast", "5e-4",
@@ -58,6 +62,7 @@ def main() -> None:
             ok = all(torch.isfinite(torch.tensor(losses))) and result["eval_loss"] < result["eval_loss_before"]
             results[name] = dict(ok=bool(ok), first_loss=losses[0], last_loss=losses[-1],
                                  eval_loss_before=result["eval_loss_before"], eval_loss=result["eval_loss"],
+                                 start_memory_mb=start_memory_mb,
                                  peak_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1))
     print(json.dumps(dict(bench="gpu_check", device=torch.cuda.get_device_name(), checks=results,
                           all_ok=all(r["ok"] for r in results.values() if r["ok"] is not None))))
