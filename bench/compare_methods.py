@@ -82,8 +82,8 @@ from sequential import config_changes, scored_ids, summary_from_logs  # noqa: E4
 from utils_data import json_ready, read_rows  # noqa: E402
 
 # --quick: the demo preset on two tasks, scored on 16 samples per task as before demo's went to 64 (4x the answers
-# per run; --quick's 14 methods took 20 min 50 s at an earlier preset against a 30 min bar, bench/RESULTS.md issue 5;
-# not re-measured). A --max_eval_samples given on the command line overrides it.
+# per run; --quick's 14 methods took 25 min 50 s this way against a 30 min bar, bench/RESULTS.md issue 15 session 34).
+# A --max_eval_samples given on the command line overrides it.
 QUICK = dict(tasks="T1_general,T2_math", max_eval_samples="16")  # command-line strings, as overrides are
 REFERENCE = "ds_lora_slsd"  # the default --reference: the entry every other one is compared with (paired differences)
 SPLIT_NAMES = {"val": "validation"}  # how the tables name an --eval_split the intervals are over (else as given)

@@ -5,8 +5,8 @@ gradient checkpointing, each as a short smoke-preset training run of train_singl
     python bench/random_model.py --like embedded --out /tmp/random && python bench/gpu_check.py --model_name /tmp/random
 
 Each check must finish with finite losses that fall from the first to the last step (smoke learning rates) and
-report its peak GPU memory. Without CUDA every check is skipped (exit 0); without bitsandbytes, the QLoRA one. Multi-GPU runs need several GPUs:
-launch train_slsd_seq.py with configs/accelerate/*.yaml there. Last line: JSON.
+report its peak GPU memory. Without CUDA every check is skipped (exit 0); without bitsandbytes, the QLoRA one.
+Multi-GPU runs need several GPUs: launch train_slsd_seq.py with configs/accelerate/*.yaml there. Last line: JSON.
 """
 from __future__ import annotations
 
